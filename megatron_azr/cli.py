@@ -1,0 +1,68 @@
+"""The ``azr`` command.
+
+Each room that has commands exposes ``register(subparsers)`` in its own ``cli`` module and is
+listed in ``_ROOMS``; registering must stay cheap (no torch/megatron import) so that
+``azr --help`` and ``azr executor ...`` start fast on CPU-only farm nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from megatron_azr.config import ConfigError, dump_config, load_config
+
+_ROOMS: tuple[str, ...] = ()
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/tiny_cpu.yaml", help="YAML config file")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides: azr.k_references=4"
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    print(
+        "azr train: the self-play trainer loop is not implemented yet "
+        f"(config {args.config} for run '{cfg.run.name}' loaded and validated).",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="azr", description="Absolute Zero self-play at scale")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run AZR self-play training")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("config", help="print the resolved configuration")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_config)
+
+    for room in _ROOMS:
+        importlib.import_module(room).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"azr: configuration error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Typed run configuration: dataclasses loaded from YAML, with dotted command-line overrides.
+
+Every section is a dataclass owned by the room that uses it (the algorithm's lives in
+``megatron_azr.azr.config`` and knows nothing of torch); this module only composes them and
+implements loading. Loading is strict: an unknown key or a value of the wrong type is an error
+that names the key and where it came from (the YAML file or the override on the command line),
+because a silently ignored typo in an ablation config wastes a cluster allocation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from megatron_azr.azr.config import AZRConfig
+from megatron_azr.telemetry.config import LoggingConfig
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be loaded; the message names the key and its source."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "tiny-cpu"
+    output_dir: str = "runs/tiny-cpu"
+    seed: int = 1234
+    steps: int = 4
+    checkpoint_every: int = 10
+    eval_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError("steps must be >= 0")
+        if self.checkpoint_every < 1 or self.eval_every < 1:
+            raise ValueError("checkpoint_every and eval_every must be >= 1")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    azr: AZRConfig = field(default_factory=AZRConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Typed conversion of plain data (YAML) into dataclasses.
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def fail(expected: str | None = None) -> typing.NoReturn:
+        raise ConfigError(
+            f"{source}: key '{key}': expected {expected or _type_name(tp)}, "
+            f"got {type(value).__name__} ({value!r})"
+        )
+
+    if tp is Any:
+        return value
+    if origin is Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key, source)
+            except ConfigError:
+                pass
+        fail(" or ".join(_type_name(a) for a in args))
+    if origin is Literal:
+        if any(type(value) is type(a) and value == a for a in args):
+            return value
+        fail("one of " + ", ".join(repr(a) for a in args))
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            fail(f"a mapping for section {tp.__name__}")
+        return _build(tp, value, key, source)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            fail()
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                fail()
+            pairs = enumerate(zip(value, args, strict=True))
+            return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in pairs)
+        item_tp = args[0] if args else Any
+        items = [_convert(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail()
+        k_tp, v_tp = args if args else (Any, Any)
+        return {
+            _convert(k, k_tp, f"{key}.<key>", source): _convert(v, v_tp, f"{key}.{k}", source)
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            fail()
+        return value
+    raise TypeError(f"config field '{key}' has an unsupported annotation {tp!r}")
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str, source: str) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{source}: unknown key '{key}' (known here: {known})")
+        kwargs[name] = _convert(value, hints[name], key, source)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        where = f"section '{prefix}'" if prefix else "top level"
+        raise ConfigError(f"{source}: {where}: {e}") from e
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>") -> T:
+    """Build dataclass ``cls`` from plain data, strictly (see module docstring)."""
+    if not isinstance(data, dict):
+        got = type(data).__name__
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {got}")
+    return _build(cls, data, "", source)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"{source}: unknown key '{dotted}' ('{where}' is not a section)")
+        node = child
+    if parts[-1] not in node:
+        raise ConfigError(f"{source}: unknown key '{dotted}'")
+    node[parts[-1]] = value
+
+
+def apply_overrides(cfg: T, overrides: list[str]) -> T:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML scalars/flow collections."""
+    cls = type(cfg)
+    for item in overrides:
+        source = f"command-line override '{item}'"
+        if "=" not in item:
+            raise ConfigError(f"{source}: expected KEY=VALUE")
+        dotted, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: value is not valid YAML: {e}") from e
+        data = to_dict(cfg)
+        _set_dotted(data, dotted.strip(), value, source)
+        cfg = from_dict(cls, data, source)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a :class:`Config` from YAML (defaults when ``path`` is None) and apply overrides."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        cfg = from_dict(Config, data, str(path))
+    return apply_overrides(cfg, overrides or [])
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

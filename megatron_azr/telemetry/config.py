@@ -1,0 +1,19 @@
+"""Where a run's logs go."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # wandb is offline unless asked otherwise: clusters often have no egress, and CI never has.
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "megatron-azr"
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ValueError("log_every must be >= 1")

