@@ -70,6 +70,9 @@ class AZRConfig:
     reject_multiple_functions: bool = True
     # Which def is renamed to `f`: the first one (Qwen runs) or the last one (Llama run).
     entry_function: Literal["first", "last"] = "first"
+    # Time limit of one program execution (spec §5.2): printed into the prompts and sent with
+    # every executor job.
+    program_timeout_s: float = 10.0
     # Proposer-side import ban list, printed into the proposer prompt.
     banned_imports: list[str] = field(default_factory=lambda: ORIGINAL_BANNED + EXTRA_BANNED)
     # Ablation switches (paper Table 2): show references to the proposer, train the proposer.
@@ -96,5 +99,7 @@ class AZRConfig:
             raise ValueError("n_induction_inputs must be >= 2 (half given, half hidden)")
         if self.solver_new_window < 0:
             raise ValueError("solver_new_window must be >= 0")
+        if self.program_timeout_s <= 0:
+            raise ValueError("program_timeout_s must be > 0")
         if not -1.0 <= self.proposer_zero_reward <= 0.0:
             raise ValueError("proposer_zero_reward must lie in [-1, 0] (-0.5 code, 0.0 paper)")
