@@ -262,7 +262,7 @@ def strip_for_seeding(code: str) -> str:
     keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
     tree.body = [n for n in tree.body if isinstance(n, keep)]
     for node in ast.walk(tree):
-        if isinstance(node, _FUNCTION_DEFS | ast.ClassDef):
+        if isinstance(node, (*_FUNCTION_DEFS, ast.ClassDef)):
             node.body = _drop_docstring(node.body)
     try:
         return ast.unparse(tree)
