@@ -55,7 +55,8 @@ class AZRConfig:
     # to the first entries (new valid proposals are discarded); "evict_oldest" keeps the newest.
     max_buffer_size: int = 16384
     buffer_cap_policy: Literal["drop_new", "evict_oldest"] = "drop_new"
-    # Solver batches take the previous step's valid proposals first, then fill uniformly.
+    # Solver batches take the entries added within this many steps first (1 = the previous
+    # step's valid proposals, the original's `max_new`), then fill uniformly; 0 = plain uniform.
     solver_new_window: int = 1
     # Proposer reward for a valid, well-formatted task the solver gets 0/n or n/n right:
     # -0.5 is what the original code does and what produced the paper's numbers; 0.0 is the

@@ -131,9 +131,40 @@ def job_id(job: Job) -> str:
     return f"{job.kind}-{digest[:32]}"
 
 
-def _make_job(**fields: object) -> Job:
+def make_job(**fields: object) -> Job:
     job = Job(id="", **fields)  # type: ignore[arg-type]
     return dataclasses.replace(job, id=job_id(job))
+
+
+def generate_checked(
+    rollout: RolloutEngine, prompts: Sequence[str], sampling: SamplingParams
+) -> list[list[Completion]]:
+    """``rollout.generate`` with its contract checked (``sampling.n`` completions per prompt)."""
+    if not prompts:
+        return []
+    out = rollout.generate(list(prompts), sampling)
+    if len(out) != len(prompts) or any(len(group) != sampling.n for group in out):
+        got = [len(group) for group in out]
+        raise EngineContractError(
+            f"rollout engine returned {got} completions for {len(prompts)} prompts x n={sampling.n}"
+        )
+    return out
+
+
+def execute_checked(executor: Executor, jobs: Sequence[Job]) -> dict[str, ExecResult]:
+    """Run the distinct jobs (by content id) once each; results by job id."""
+    unique = list({job.id: job for job in jobs}.values())
+    if not unique:
+        return {}
+    results = executor.run(unique)
+    by_id = {r.id: r for r in results}
+    missing = [j.id for j in unique if j.id not in by_id]
+    if len(results) != len(unique) or missing:
+        raise EngineContractError(
+            f"executor returned {len(results)} results for {len(unique)} jobs "
+            f"(missing ids: {missing[:3]})"
+        )
+    return by_id
 
 
 class SelfPlayStep:
@@ -175,6 +206,19 @@ class SelfPlayStep:
         # 1. All six loaders from the buffer state at the start of the step.
         proposer_prompts = [p for t in self.task_types for p in self._proposer_prompts(t, rng)]
         solver_tasks = [s for t in self.task_types for s in self._solver_tasks(t, step, rng)]
+        for t in self.task_types:
+            n_propose = sum(p.task is t for p in proposer_prompts)
+            n_solve = sum(s[0] is t for s in solver_tasks)
+            if min(n_propose, n_solve) < self.cfg.batch_size:
+                logger.warning(
+                    "step %d %s: short batches (%d proposer, %d solver prompts of %d): small "
+                    "buffer or prompts over the length limit",
+                    step,
+                    t,
+                    n_propose,
+                    n_solve,
+                    self.cfg.batch_size,
+                )
 
         # 2. Proposer and solver responses.
         prompts = [p.prompt for p in proposer_prompts] + [prompt for _, _, prompt in solver_tasks]
@@ -204,8 +248,10 @@ class SelfPlayStep:
                 solve.accuracy = self._accuracy(solve.task, results[job.id], solve.record)
             solve.reward = solver_reward(solve.well_formatted and job is not None, solve.accuracy)
 
-        # 4. Learnability: n solver rollouts per valid proposal.
-        self._estimate_solve_rates([p for p in proposals if p.valid])
+        # 4. Learnability: n solver rollouts per valid proposal. A valid proposal with a broken
+        # think/answer format gets -1 whatever its solve rate, so it is not estimated (the
+        # original spent the rollouts anyway).
+        self._estimate_solve_rates([p for p in proposals if p.valid and p.well_formatted])
         for p in proposals:
             p.reward = proposer_reward(
                 p.valid, p.well_formatted, p.solve_rate, self.cfg.proposer_zero_reward
@@ -297,7 +343,7 @@ class SelfPlayStep:
                 proposal.failure = parsed_inputs.reason
                 return None
             proposal.parsed = parsed_inputs
-            return _make_job(
+            return make_job(
                 kind="validate",
                 program=pp.program.snippet,
                 inputs=tuple(parsed_inputs.inputs),
@@ -312,7 +358,7 @@ class SelfPlayStep:
             proposal.failure = parsed.reason
             return None
         proposal.parsed = parsed
-        return _make_job(
+        return make_job(
             kind="validate",
             program=parsed.code,
             inputs=(parsed.input,),
@@ -397,7 +443,7 @@ class SelfPlayStep:
             return None
         timeout = self.cfg.program_timeout_s
         if isinstance(record, InductionTask):
-            return _make_job(
+            return make_job(
                 kind="induction",
                 program=record.snippet,
                 prediction=answer,
@@ -406,7 +452,7 @@ class SelfPlayStep:
                 imports=tuple(record.imports),
                 timeout_s=timeout,
             )
-        return _make_job(
+        return make_job(
             kind="abduction" if task is TaskType.ABDUCTION else "deduction",
             program=record.snippet,
             prediction=answer,
@@ -429,30 +475,10 @@ class SelfPlayStep:
     # ------------------------------------------------------------------------------- engines
 
     def _generate(self, prompts: Sequence[str], n: int) -> list[list[Completion]]:
-        if not prompts:
-            return []
-        sampling = dataclasses.replace(self.sampling, n=n)
-        out = self.rollout.generate(list(prompts), sampling)
-        if len(out) != len(prompts) or any(len(group) != n for group in out):
-            got = [len(group) for group in out]
-            raise EngineContractError(
-                f"rollout engine returned {got} completions for {len(prompts)} prompts x n={n}"
-            )
-        return out
+        return generate_checked(self.rollout, prompts, dataclasses.replace(self.sampling, n=n))
 
     def _execute(self, jobs: Sequence[Job]) -> dict[str, ExecResult]:
-        unique = list({job.id: job for job in jobs}.values())
-        if not unique:
-            return {}
-        results = self.executor.run(unique)
-        by_id = {r.id: r for r in results}
-        missing = [j.id for j in unique if j.id not in by_id]
-        if len(results) != len(unique) or missing:
-            raise EngineContractError(
-                f"executor returned {len(results)} results for {len(unique)} jobs "
-                f"(missing ids: {missing[:3]})"
-            )
-        return by_id
+        return execute_checked(self.executor, jobs)
 
     # ------------------------------------------------------------------------------- outputs
 

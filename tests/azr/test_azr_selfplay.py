@@ -116,13 +116,14 @@ def test_one_step_end_to_end():
     result = step.run(1)
 
     # Two generate calls: all proposer + solver prompts (n=1), then learnability (n=4).
-    assert [(len(p), s.n) for p, s in rollout.calls] == [(24, 1), (6, 4)]
+    assert [(len(p), s.n) for p, s in rollout.calls] == [(24, 1), (5, 4)]
     assert len(executor.batches) == 2
 
     abd, ded, ind = (by_task(result.proposals, t) for t in (ABD, DED, IND))
     assert [p.failure for p in abd] == [None, "no_answer", "exec_error", None]
     assert [p.reward for p in abd] == [0.5, -1.0, -1.0, -1.0]  # last: valid but unformatted
-    assert [p.solve_rate for p in abd] == [0.5, 0.0, 0.0, 1.0]
+    # The unformatted valid proposal is not worth learnability rollouts: its reward is -1.
+    assert [p.solve_rate for p in abd] == [0.5, 0.0, 0.0, 0.0]
     assert [p.failure for p in ded] == [None, "multiple_functions", "exec_invalid", None]
     assert [p.reward for p in ded] == [-0.5, -1.0, -1.0, 0.5]
     assert [p.failure for p in ind] == [None, "too_few_inputs", None, "exec_error"]
