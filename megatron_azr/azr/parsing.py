@@ -85,12 +85,14 @@ def _last_match(pattern: str, text: str) -> re.Match[str] | None:
     return last
 
 
-def _after_marker(text: str, marker: str) -> str | None:
-    """``# Input: ...`` style fallback: from the last marker to the next fence or the end."""
-    last = _last_match(re.escape(marker), text)
-    if last is None:
+def _after_marker(text: str, marker: str, last: bool = True) -> str | None:
+    """``# Input: ...`` style fallback: from the last (or first) marker to the next fence or the
+    end of the text."""
+    pattern = re.escape(marker)
+    found = _last_match(pattern, text) if last else re.search(pattern, text, re.IGNORECASE)
+    if found is None:
         return None
-    rest = text[last.end() :]
+    rest = text[found.end() :]
     return rest.split("\n```", 1)[0].strip()
 
 
@@ -309,7 +311,7 @@ def parse_program_proposal(
         return ParseFailure("no_code")
     inp = _first(blocks, {"input"})
     if inp is None:
-        inp = _after_marker(answer, "# Input:")
+        inp = _after_marker(answer, "# Input:", last=False)
     if not inp:
         return ParseFailure("no_input")
     code = code.replace("\r\n", "\n").replace("\r", "\n")
@@ -353,7 +355,7 @@ def parse_induction_proposal(response: str, n_inputs: int) -> InductionProposal 
     if message is None:
         message = _tag_body(answer, "message")
     if message is None:
-        message = _after_marker(answer, "# Message:")
+        message = _after_marker(answer, "# Message:", last=False)
     if message is None:
         return ParseFailure("no_message")
     return InductionProposal(inputs=inputs, message=message)

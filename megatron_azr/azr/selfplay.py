@@ -244,9 +244,11 @@ class SelfPlayStep:
             if job is not None:
                 self._accept(proposal, job, results[job.id], pp, step)
         for solve, job in zip(solves, solver_jobs, strict=True):
+            # As in the original, an induction answer without a code block is a format error.
+            solve.well_formatted = job is not None
             if job is not None:
                 solve.accuracy = self._accuracy(solve.task, results[job.id], solve.record)
-            solve.reward = solver_reward(solve.well_formatted and job is not None, solve.accuracy)
+            solve.reward = solver_reward(solve.well_formatted, solve.accuracy)
 
         # 4. Learnability: n solver rollouts per valid proposal. A valid proposal with a broken
         # think/answer format gets -1 whatever its solve rate, so it is not estimated (the

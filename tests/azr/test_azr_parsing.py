@@ -96,8 +96,9 @@ def test_code_is_first_python_or_untagged_fence_and_input_first_input_fence():
 
 
 def test_input_fallback_comment_line():
-    parsed = parse_program_proposal(resp("```python\ndef f(a):\n    return a\n```\n# Input: 42"))
-    assert isinstance(parsed, ProgramProposal) and parsed.input == "42"
+    body = "```python\ndef f(a):\n    return a\n```\n# Input: 42\n```\n# Input: 43"
+    parsed = parse_program_proposal(resp(body))
+    assert isinstance(parsed, ProgramProposal) and parsed.input == "42"  # the first one
 
 
 @pytest.mark.parametrize(
@@ -246,7 +247,7 @@ def test_abduction_answer_and_fallback_order(body, expected):
     "body, expected",
     [
         ("```output\n1\n```\n```output\n{'age': 20}\n```", "{'age': 20}"),
-        ("# Output: (1, 2)", "(1, 2)"),
+        ("# Output: 0\n```\n# Output: (1, 2)", "(1, 2)"),  # the last one
         ("output([3])", "[3]"),
         ("<output>'s'", "'s'"),
         ("The output is 7.", "7"),

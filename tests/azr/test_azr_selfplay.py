@@ -314,6 +314,7 @@ def test_solver_format_errors_are_not_run():
     result = step.run(1)
     assert [s.reward for s in result.solves] == [-1.0] * 4
     assert executor.jobs == []
+    assert result.metrics["induction/solve/format_rate"] == 0.0
 
 
 def test_empty_buffers_do_not_crash():
