@@ -82,8 +82,9 @@ def in_buckets(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Move tensors to ``device`` a bucket at a time (one transfer burst per bucket).
 
-    At most one bucket of not-yet-consumed tensors is held here; a tensor larger than a bucket
-    forms a bucket of its own. Tensors already on ``device`` pass through without a copy.
+    Held here at any time: at most one bucket of not-yet-consumed tensors plus the tensor that
+    did not fit in it; a tensor larger than a bucket forms a bucket of its own. Tensors already
+    on ``device`` pass through without a copy.
     """
     bucket: list[tuple[str, torch.Tensor]] = []
     size = 0

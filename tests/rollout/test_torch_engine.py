@@ -2,21 +2,13 @@ import json
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from rollout_reference import PROMPTS, hf_greedy, hf_token_logprobs, hf_warpers
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from megatron_azr.azr.protocols import SamplingParams
 from megatron_azr.rollout import RolloutConfig
 from megatron_azr.rollout.torch_engine import TorchEngine
 from megatron_azr.rollout.weights import iter_safetensors
-
-PROMPTS = ["def f(a):", "print(", "x = [1, 2, 3]\nfor i in x:\n    "]  # ragged: left padding
 
 
 @pytest.fixture(scope="module")
@@ -27,24 +19,6 @@ def engine(model_a):
 @pytest.fixture(scope="module")
 def hf(model_a):
     return AutoModelForCausalLM.from_pretrained(model_a).eval()
-
-
-def hf_greedy(model, tok, prompt: str, max_new: int) -> list[int]:
-    ids = tok(prompt, return_tensors="pt").input_ids
-    out = model.generate(
-        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new
-    )
-    return out[0, ids.shape[1] :].tolist()
-
-
-@torch.no_grad()
-def hf_token_logprobs(model, prompt_ids, token_ids, warpers=None) -> torch.Tensor:
-    """Log-probs of ``token_ids`` after ``prompt_ids`` from one unbatched HF forward."""
-    ids = torch.tensor([prompt_ids + token_ids])
-    logits = model(ids).logits[0, len(prompt_ids) - 1 : -1].float()
-    if warpers is not None:
-        logits = warpers(ids, logits)
-    return logits.log_softmax(-1).gather(-1, torch.tensor(token_ids)[:, None])[:, 0]
 
 
 def test_greedy_matches_hf_generate(engine, hf, model_a):
@@ -68,10 +42,7 @@ def test_greedy_matches_hf_generate(engine, hf, model_a):
 def test_sampled_logprobs_match_hf_forward(model_a, hf, mode):
     engine = TorchEngine(model_a, RolloutConfig(logprobs_mode=mode))
     sp = SamplingParams(temperature=0.7, top_p=0.9, top_k=40, max_tokens=16, n=3, seed=11)
-    # transformers' own warpers: an independent reference for temperature / top-k / top-p
-    warpers = LogitsProcessorList(
-        [TemperatureLogitsWarper(0.7), TopKLogitsWarper(40), TopPLogitsWarper(0.9)]
-    )
+    warpers = hf_warpers(0.7, 40, 0.9)
     for group in engine.generate(PROMPTS, sp):
         assert len(group) == 3
         for c in group:
