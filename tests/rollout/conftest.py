@@ -17,3 +17,11 @@ def model_a(tmp_path_factory) -> Path:
 def model_b(tmp_path_factory) -> Path:
     """Same architecture as model_a, other weights: the target of weight updates."""
     return make_tiny_model(tmp_path_factory.mktemp("model_b"), "qwen2", seed=2, **TINY)
+
+
+@pytest.fixture(scope="session")
+def model_tied(tmp_path_factory) -> Path:
+    """Tied input/output embeddings: lm_head.weight is not a parameter of its own."""
+    return make_tiny_model(
+        tmp_path_factory.mktemp("model_tied"), "qwen2", seed=3, tie_word_embeddings=True, **TINY
+    )

@@ -182,3 +182,15 @@ def test_batches_are_bounded_by_max_num_seqs(model_a):
             assert a.token_ids == b.token_ids
             # other batch shapes: same math, float rounding may differ
             torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-4, rtol=0)
+
+
+def test_tied_embeddings_update_through_either_name(model_tied):
+    weights = dict(iter_safetensors(model_tied))
+    assert "lm_head.weight" not in weights  # saved once, under the embedding's name
+    sp = SamplingParams(temperature=0.0, max_tokens=8)
+    reference = TorchEngine(model_tied).generate(PROMPTS, sp)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        renamed = {(name if k == "model.embed_tokens.weight" else k): v for k, v in weights.items()}
+        engine = TorchEngine(model_tied, RolloutConfig(load_format="dummy"))
+        engine.update_weights(renamed.items())
+        assert engine.generate(PROMPTS, sp) == reference

@@ -129,3 +129,15 @@ def test_engine_shard_layout_is_gpu_only(remote):
 def test_config_checks_before_importing_vllm(model_a):
     with pytest.raises(ValueError, match="tensor_parallel_size"):
         RolloutConfig(engine="vllm_cpu", tensor_parallel_size=2)
+
+
+def test_dummy_load_then_update_with_tied_embeddings(remote, model_tied):
+    """Also catches vLLM-CPU computing logits with a stale packed copy of a tied head."""
+    remote("build", "tied", str(model_tied), {**CPU, "load_format": "dummy"})
+    with pytest.raises(RuntimeError, match="no valid weights"):
+        remote("generate", "tied", PROMPTS, GREEDY)
+    remote("update_from_dir", "tied", str(model_tied))  # no lm_head.weight: tied to the embedding
+    hf = AutoModelForCausalLM.from_pretrained(model_tied).eval()
+    tok = AutoTokenizer.from_pretrained(model_tied)
+    outs = remote("generate", "tied", PROMPTS, GREEDY)
+    assert [g[0].token_ids for g in outs] == [hf_greedy(hf, tok, p, 24) for p in PROMPTS]
