@@ -84,17 +84,20 @@ def test_stop_strings_and_max_tokens_match_torch_engine(remote, model_a):
 
 
 def test_update_weights_equals_fresh_engine(remote, model_a, model_b):
+    # The long prompt fills whole KV blocks, which prefix caching keeps: they must not survive
+    # the update (they were computed by the old weights).
+    prompts = [*PROMPTS, "def f(a):\n    return [a, a + 1]\n" * 12]
     remote("build", "u", str(model_a), CPU)
-    before = remote("generate", "u", PROMPTS, GREEDY)
+    before = remote("generate", "u", prompts, GREEDY)
     remote("update_from_dir", "u", str(model_b))  # reload_weights, streamed tensor by tensor
-    after = remote("generate", "u", PROMPTS, GREEDY)
+    after = remote("generate", "u", prompts, GREEDY)
     assert after != before
-    assert after == remote("generate", "b", PROMPTS, GREEDY)  # ids, text and logprobs
-    assert remote("generate", "u", PROMPTS, SAMPLED) == remote("generate", "b", PROMPTS, SAMPLED)
+    assert after == remote("generate", "b", prompts, GREEDY)  # ids, text and logprobs
+    assert remote("generate", "u", prompts, SAMPLED) == remote("generate", "b", prompts, SAMPLED)
     # and the new weights are model_b's as HF computes them
     hf_b = AutoModelForCausalLM.from_pretrained(model_b).eval()
     tok = AutoTokenizer.from_pretrained(model_b)
-    assert [g[0].token_ids for g in after] == [hf_greedy(hf_b, tok, p, 24) for p in PROMPTS]
+    assert [g[0].token_ids for g in after] == [hf_greedy(hf_b, tok, p, 24) for p in prompts]
 
 
 def test_bad_update_is_refused_then_recovers(remote, model_a, model_b):
