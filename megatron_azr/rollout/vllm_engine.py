@@ -265,7 +265,7 @@ class VLLMEngine:
             self._weights_valid = False
 
     def wake_up(self) -> None:
-        # Weights first: an update between the two wake-ups must not see a KV cache allocated.
+        # Weights, then the KV cache; after update_weights only the KV cache is still asleep.
         for tag in ("weights", "kv_cache"):
             if tag in self._asleep:
                 self.llm.wake_up(tags=[tag])
