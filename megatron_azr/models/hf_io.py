@@ -79,6 +79,10 @@ class HFWeights:
             self._handles[file] = self._stack.enter_context(safe_open(self.path / file, "pt"))
         return self._handles[file].get_tensor(name)  # type: ignore[attr-defined]
 
+    def dtype(self) -> torch.dtype:
+        """The dtype the weights are stored in (that of the token embedding)."""
+        return self.get("model.embed_tokens.weight").dtype
+
     def close(self) -> None:
         self._stack.close()
 
@@ -227,7 +231,10 @@ def hf_config(arch: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
 
 
 def write_safetensors(
-    tensors: Iterable[tuple[str, torch.Tensor]], out_dir: Path, max_shard_bytes: int
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    out_dir: Path,
+    max_shard_bytes: int,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Write named tensors as HF-style safetensors shards (+ index when more than one)."""
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -237,7 +244,7 @@ def write_safetensors(
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
             size = 0
-        shards[-1][name] = t.detach().to("cpu", copy=True).contiguous()
+        shards[-1][name] = t.detach().to("cpu", dtype or t.dtype, copy=True).contiguous()
         size += nbytes
     n = len(shards)
     if n == 1:
@@ -259,12 +266,14 @@ def save_hf(
     arch: ModelConfig,
     out_dir: str | Path,
     meta_from: str | Path | None = None,
+    dtype: torch.dtype | None = None,
     max_shard_bytes: int = 5 * 1024**3,
 ) -> None:
     """Export the model as an HF directory (collective; rank 0 writes, atomically).
 
     Config and tokenizer files are copied from ``meta_from`` (the original HF directory);
-    without it a config.json is generated from the card.
+    without it a config.json is generated from the card. ``dtype`` casts the weights (default:
+    the model's own dtype).
     """
     out = Path(out_dir)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
@@ -276,9 +285,12 @@ def save_hf(
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would survive the rename
     try:
-        dtype = next(iter(chunks[0].parameters())).dtype
-        write_safetensors(tensors, tmp, max_shard_bytes)
+        dtype = dtype or next(iter(chunks[0].parameters())).dtype
+        write_safetensors(tensors, tmp, max_shard_bytes, dtype)
         copied = False
         if meta_from is not None:
             for f in META_FILES:

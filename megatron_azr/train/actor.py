@@ -313,5 +313,6 @@ class Actor:
         """Full HF-named tensors (collective: every rank iterates)."""
         return hf_io.iter_hf_tensors(self.models, self.arch)
 
-    def export_hf(self, out_dir: str | Path) -> None:
-        hf_io.save_hf(self.models, self.arch, out_dir, meta_from=self.hf_source)
+    def export_hf(self, out_dir: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write the current weights as an HF directory (collective; rank 0 writes)."""
+        hf_io.save_hf(self.models, self.arch, out_dir, meta_from=self.hf_source, dtype=dtype)

@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
@@ -84,8 +83,13 @@ def _broadcast_str(s: str) -> str:
     return obj[0]
 
 
-def save(actor: Actor, path: str | Path, *, with_optimizer: bool = True) -> Path:
-    """Save weights (and optimizer state) of ``actor`` to ``path`` (collective, atomic)."""
+def save(
+    actor: Actor, path: str | Path, *, with_optimizer: bool = True, hf_dtype: str | None = None
+) -> Path:
+    """Save weights (and optimizer state) of ``actor`` to ``path`` (collective, atomic).
+
+    ``hf_dtype`` records the dtype of the HF weights this came from, for exact export.
+    """
     final = Path(path).resolve()
     with_optimizer = with_optimizer and actor.optimizer is not None
     rank = dist.get_rank()
@@ -93,6 +97,9 @@ def save(actor: Actor, path: str | Path, *, with_optimizer: bool = True) -> Path
     if rank == 0:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would survive the rename
     tmp_dir = Path(_broadcast_str(tmp))
     try:
         if rank == 0:
@@ -103,7 +110,7 @@ def save(actor: Actor, path: str | Path, *, with_optimizer: bool = True) -> Path
         dist_checkpointing.save(sd, str(tmp_dir / "dist"))
         dist.barrier()
         if rank == 0:
-            _write_meta_and_hf(actor, tmp_dir, with_optimizer)
+            _write_meta_and_hf(actor, tmp_dir, with_optimizer, hf_dtype)
             _replace_dir(tmp_dir, final)
     except BaseException:
         if rank == 0:
@@ -114,7 +121,9 @@ def save(actor: Actor, path: str | Path, *, with_optimizer: bool = True) -> Path
     return final
 
 
-def _write_meta_and_hf(actor: Actor, tmp_dir: Path, with_optimizer: bool) -> None:
+def _write_meta_and_hf(
+    actor: Actor, tmp_dir: Path, with_optimizer: bool, hf_dtype: str | None
+) -> None:
     from dataclasses import asdict
 
     lay = actor.layout
@@ -127,6 +136,8 @@ def _write_meta_and_hf(actor: Actor, tmp_dir: Path, with_optimizer: bool) -> Non
         "params_dtype": str(actor.tconfig.params_dtype).removeprefix("torch."),
         "saved_layout": {"tp": lay.tp, "pp": lay.pp, "dp": lay.dp, "vpp": lay.vpp},
     }
+    if hf_dtype is not None:
+        meta["hf_dtype"] = hf_dtype.removeprefix("torch.")
     if actor.hf_source is not None:
         (tmp_dir / "hf").mkdir()
         for f in META_FILES:
@@ -185,7 +196,3 @@ def load(actor: Actor, path: str | Path, *, with_optimizer: bool = True) -> None
 def load_weights(actor: Actor, path: str | Path) -> None:
     """Model weights only (initialising a run from a converted checkpoint)."""
     load(actor, path, with_optimizer=False)
-
-
-def params_dtype(path: str | Path) -> torch.dtype:
-    return getattr(torch, read_meta(path)["params_dtype"])
