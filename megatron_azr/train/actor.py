@@ -40,13 +40,6 @@ from megatron_azr.train.schedule import run_schedule
 logger = logging.getLogger(__name__)
 
 
-def _lcm(*xs: int) -> int:
-    out = 1
-    for x in xs:
-        out = out * x // math.gcd(out, x)
-    return out
-
-
 class Actor:
     """Policy model + optimizer. Construct on every rank (it initialises the parallel state)."""
 
@@ -86,20 +79,17 @@ class Actor:
             entropy_coeff=cfg.entropy_coeff,
             kl_coef=cfg.kl_coef,
         )
-        sp = self.tconfig.sequence_parallel
+        # Row lengths: FP8 GEMMs want token counts in multiples of 16 (MXFP8: 32) and sequence
+        # parallelism splits the row over TP ranks, each of which must get such a multiple.
         fp8_align = {"none": 1, "delayed": 16, "tensorwise": 16, "mxfp8": 32}[cfg.fp8]
-        self.pad_multiple = _lcm(self.layout.tp if sp else 1, fp8_align, 8 if self.thd else 1)
+        per_rank = math.lcm(fp8_align, 8 if torch.cuda.is_available() else 1)
+        self.pad_multiple = per_rank * (self.layout.tp if self.tconfig.sequence_parallel else 1)
         # What the schedule runs: the chunks, wrapped in megatron DDP once trainable.
         self.chunks: list[Any] = list(self.models)
         if trainable:
             self._setup_training()
 
     # -- construction ------------------------------------------------------------------------
-
-    @property
-    def thd(self) -> bool:
-        """Pack sequences TE-style (THD + cu_seqlens) instead of with a block mask."""
-        return self.impl == "transformer_engine"
 
     def _init_weights(self, path: Path) -> None:
         from megatron_azr.train import checkpoint
@@ -231,7 +221,7 @@ class Actor:
         for m in self.chunks:
             m.eval()
         for mb, pos, lp in run_schedule(
-            self.chunks, mbs, loss_fn, forward_only=True, thd=self.thd, device=self.device
+            self.chunks, mbs, loss_fn, forward_only=True, device=self.device
         ):
             k = 0
             for s, start in zip(mb.seqs, mb.starts, strict=True):
@@ -281,9 +271,7 @@ class Actor:
             m.train()
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        payloads = run_schedule(
-            self.chunks, mbs, loss_fn, forward_only=False, thd=self.thd, device=self.device
-        )
+        payloads = run_schedule(self.chunks, mbs, loss_fn, forward_only=False, device=self.device)
         ok, grad_norm, _ = self.optimizer.step()
         if not ok:
             raise FloatingPointError("optimizer step skipped (non-finite gradients)")

@@ -4,9 +4,9 @@ Every rank receives the same global list of samples. :func:`partition_dp` deals 
 data-parallel ranks balancing tokens (longest first, to the lightest rank); :func:`pack` bins
 each rank's share into micro-batches of at most ``max_tokens`` tokens (first-fit decreasing), and
 :func:`collate` lays one bin out as a single row: sequences back to back, padded to a multiple
-the kernels need. Attention stays inside each sequence: a block-diagonal causal mask for the
-local spec, ``cu_seqlens`` (THD) for Transformer Engine. Both are deterministic, so all ranks of
-a pipeline agree on the micro-batches without communicating.
+the kernels need; ``cu_seqlens`` (THD) keeps attention and positions inside each sequence.
+Everything is deterministic, so all ranks of a pipeline agree on the micro-batches without
+communicating.
 
 Position ``i`` of a row predicts token ``i + 1``; ``loss_mask[i]`` is 1 exactly when token
 ``i + 1`` is a response token of the same sequence. Response token ``j`` of a sample therefore

@@ -1,8 +1,9 @@
 """Run packed micro-batches through megatron's forward-backward schedule.
 
 ``get_forward_backward_func`` picks no-pipelining, 1F1B or interleaved 1F1B from the parallel
-state. This module supplies the forward step: each micro-batch is one packed row, with a
-block-diagonal causal mask (local spec) or THD ``PackedSeqParams`` (Transformer Engine).
+state. This module supplies the forward step: each micro-batch is one packed row of sequences
+described to the attention by THD ``PackedSeqParams`` (``cu_seqlens``), so attention and RoPE
+positions stay within each sequence, for both layer specs.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ def run_schedule(
     loss_fn: LossFn,
     *,
     forward_only: bool,
-    thd: bool,
     device: torch.device,
 ) -> list[Any]:
     """Forward (and backward unless ``forward_only``) over ``micro_batches``.
@@ -51,11 +51,8 @@ def run_schedule(
 
     def forward_step(data_iterator: Any, model: torch.nn.Module) -> tuple[torch.Tensor, Any]:
         mb: MicroBatch = next(data_iterator).to(device)
-        if thd:
-            mask, packed = None, _packed_params(mb, device)
-        else:
-            mask, packed = mb.attention_mask().to(device), None
-        logits = model(mb.tokens, mb.position_ids, mask, packed_seq_params=packed)
+        packed = _packed_params(mb, device)
+        logits = model(mb.tokens, mb.position_ids, None, packed_seq_params=packed)
         return logits, partial(loss_fn, mb)
 
     max_len = max(mb.num_tokens for mb in micro_batches)

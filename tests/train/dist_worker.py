@@ -20,12 +20,10 @@ import torch.distributed as dist
 
 from megatron_azr.azr.protocols import Role, TaskType, TrainSample
 from megatron_azr.models import hf_io, mapping
-from megatron_azr.models.builder import BuildOptions, build_model
 from megatron_azr.models.config import ModelConfig
 from megatron_azr.train import checkpoint
 from megatron_azr.train.actor import Actor
 from megatron_azr.train.config import ActorConfig, ParallelConfig
-from megatron_azr.train.dist import init_parallel
 from megatron_azr.train.logprobs import logprob_and_entropy, reference_logprob_and_entropy
 from megatron_azr.train.schedule import run_schedule
 
@@ -92,13 +90,13 @@ def _full_logits(chunks, arch: ModelConfig, tokens: torch.Tensor) -> torch.Tenso
         assert torch.allclose(ent, ref_ent, atol=1e-5), (ent - ref_ent).abs().max()
         return full.sum() * 0, torch.tensor(0, dtype=torch.int), full[:n]
 
-    out = run_schedule(
-        chunks, [mb], loss_fn, forward_only=True, thd=False, device=torch.device("cpu")
-    )
+    out = run_schedule(chunks, [mb], loss_fn, forward_only=True, device=torch.device("cpu"))
     return out[0] if out else None
 
 
 def scenario_logits(args: dict) -> None:
+    """Per model and layout: full logits of one sequence, packed log-probs of a batch, the layer
+    placement, and an HF export of the loaded weights."""
     from megatron.core import parallel_state as ps
 
     out = Path(args["out"])
@@ -106,27 +104,23 @@ def scenario_logits(args: dict) -> None:
     for family, hf_dir in args["models"].items():
         arch = ModelConfig.from_hf_dir(hf_dir)
         for name in args["layouts"]:
-            init_parallel(LAYOUTS[name], seed=7)
-            chunks = build_model(arch, BuildOptions())
-            # The pure layer placement functions agree with what megatron built.
-            pp, pp_rank = (
-                ps.get_pipeline_model_parallel_world_size(),
-                ps.get_pipeline_model_parallel_rank(),
-            )
-            vpp = len(chunks)
+            actor = Actor(arch, LAYOUTS[name], _actor_cfg(), init_from=hf_dir, trainable=False)
+            chunks = actor.models
+            lay = actor.layout
             for v, chunk in enumerate(chunks):
                 for local, layer in enumerate(chunk.decoder.layers):
-                    g = mapping.local_to_global(local, arch.num_layers, pp, pp_rank, vpp, v)
+                    g = mapping.local_to_global(
+                        local, arch.num_layers, lay.pp, lay.pp_rank, lay.vpp, v
+                    )
                     assert layer.layer_number == g + 1, (name, v, local, layer.layer_number)
-            hf_io.load_hf(chunks, arch, hf_dir)
             with torch.no_grad():
                 logits = _full_logits(chunks, arch, tokens)
-            if (
-                logits is not None
-                and ps.get_tensor_model_parallel_rank() == 0
-                and (ps.get_data_parallel_rank() == 0)
-            ):
+            packed = actor.logprobs(samples_for_step(0))
+            first_dp_tp = ps.get_tensor_model_parallel_rank() == ps.get_data_parallel_rank() == 0
+            if logits is not None and first_dp_tp:
                 torch.save(logits, out / f"logits_{family}_{name}.pt")
+            if is_writer():
+                torch.save(packed, out / f"packed_{family}_{name}.pt")
             hf_io.save_hf(chunks, arch, out / f"hf_{family}_{name}", meta_from=hf_dir)
 
 

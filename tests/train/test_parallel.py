@@ -8,6 +8,25 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors = pytest.importorskip("safetensors.torch")
 
+
+def _load_worker():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "dist_worker", Path(__file__).parent / "dist_worker.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _hf_logprobs(model, sample):
+    ids = torch.tensor([sample.prompt_token_ids + sample.response_token_ids])
+    logp = torch.log_softmax(model(ids).logits[0], -1)
+    p = len(sample.prompt_token_ids)
+    return logp[p - 1 : -1].gather(1, ids[0, p:, None]).squeeze(1)
+
+
 TOKENS = [3, 17, 250, 9, 511, 42, 0, 77, 128, 64, 300, 5, 6, 99]
 
 
@@ -17,15 +36,21 @@ def test_logits_match_transformers_and_round_trip_is_exact(tiny_models, torchrun
     torchrun(
         2, "logits", {"out": str(tmp_path), "models": models, "layouts": layouts, "tokens": TOKENS}
     )
+    samples = _load_worker().samples_for_step(0)
     for family, hf_dir in models.items():
         hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
         with torch.no_grad():
             ref = hf(torch.tensor([TOKENS])).logits[0]
+            ref_lp = [_hf_logprobs(hf, s) for s in samples]
         original = safetensors.load_file(Path(hf_dir) / "model.safetensors")
         for layout in layouts:
             logits = torch.load(tmp_path / f"logits_{family}_{layout}.pt")
             diff = (logits - ref).abs().max().item()
             assert diff < 1e-4, f"{family} {layout}: max |logits - HF| = {diff}"
+            # Several sequences packed per micro-batch give each one's own log-probs.
+            packed = torch.load(tmp_path / f"packed_{family}_{layout}.pt")
+            for got, want in zip(packed, ref_lp, strict=True):
+                assert torch.allclose(torch.tensor(got), want, atol=1e-4), (family, layout)
             exported = safetensors.load_file(
                 tmp_path / f"hf_{family}_{layout}" / "model.safetensors"
             )
