@@ -1,4 +1,10 @@
-"""Workarounds for megatron-core's distributed-optimizer checkpoints without Apex/TE.
+"""megatron-core version-specific code, in one place (CPU patches live in ``cpu_compat``).
+
+The APIs this project calls (GPTModel, layer specs, parallel_state, schedules, DDP,
+get_megatron_optimizer, dist_checkpointing) have the same signatures in 0.16.1 (CPU CI,
+Python 3.11) and 0.19.x (clusters, Python 3.12); what differs or is broken is handled here.
+
+Workarounds for megatron-core's distributed-optimizer checkpoints without Apex/TE.
 
 Without Apex or Transformer Engine, megatron's ``DistributedOptimizer`` wraps torch's Adam, and
 its checkpoint load path (0.16.1, still present in 0.19.x) has these bugs:
