@@ -27,6 +27,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from megatron_azr.models import mapping
 from megatron_azr.models.config import LLAMA3_ROPE_FIXED, ModelConfig
@@ -139,8 +140,10 @@ def load_hf(chunks: list[torch.nn.Module], arch: ModelConfig, hf_dir: str | Path
     dims = attn_dims(arch)
     maps = _maps_by_name(arch)
     used: set[str] = set()
+    named = list(global_named_parameters(chunks, arch))
+    quiet = dist.is_initialized() and dist.get_rank() != 0
     with HFWeights(hf_dir) as weights:
-        for name, param in global_named_parameters(chunks, arch):
+        for name, param in tqdm(named, desc="loading HF weights", disable=quiet, leave=False):
             m = maps.get(name)
             if m is None:
                 raise KeyError(f"megatron parameter {name!r} has no HF mapping")
@@ -161,7 +164,7 @@ def _pp_src(owner_pp_rank: int) -> int:
 
 @torch.no_grad()
 def iter_hf_tensors(
-    chunks: list[torch.nn.Module], arch: ModelConfig
+    chunks: list[torch.nn.Module], arch: ModelConfig, progress: bool = False
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Full HF tensors of the whole model, in canonical order, on every rank (collective).
 
@@ -176,7 +179,9 @@ def iter_hf_tensors(
     device = next(iter(params.values())).device
     tp_group = ps.get_tensor_model_parallel_group()
     pp_group = ps.get_pipeline_model_parallel_group()
-    for m in mapping.param_maps(arch.num_layers, arch.qkv_bias, arch.tie_word_embeddings):
+    maps = mapping.param_maps(arch.num_layers, arch.qkv_bias, arch.tie_word_embeddings)
+    quiet = not progress or (dist.is_initialized() and dist.get_rank() != 0)
+    for m in tqdm(maps, desc="gathering HF tensors", disable=quiet, leave=False):
         owner, _ = mapping.owner_stage(m, arch.num_layers, pp, vpp)
         if owner == pp_rank:
             local = params[m.mcore].detach()
@@ -277,7 +282,7 @@ def save_hf(
     """
     out = Path(out_dir)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
-    tensors = iter_hf_tensors(chunks, arch)
+    tensors = iter_hf_tensors(chunks, arch, progress=True)
     if not rank0:
         for _ in tensors:
             pass

@@ -110,6 +110,8 @@ class Actor:
             grad_reduce_in_fp32=True,
             overlap_grad_reduce=False,
             use_distributed_optimizer=self.parallel.distributed_optimizer,
+            # A NaN/Inf gradient raises at the grad sync, before it can reach the weights.
+            check_for_nan_in_grad=True,
         )
         self.chunks = [
             DDP(config=self.tconfig, ddp_config=ddp_config, module=m, disable_bucketing=i > 0)
@@ -136,12 +138,15 @@ class Actor:
 
     # -- batching ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _seq_specs(samples: Sequence[TrainSample]) -> list[batching.SeqSpec]:
+    def _seq_specs(self, samples: Sequence[TrainSample]) -> list[batching.SeqSpec]:
         specs = []
+        vocab = self.arch.vocab_size
         for i, s in enumerate(samples):
             if not s.prompt_token_ids:
                 raise ValueError(f"sample {i} has an empty prompt")
+            ids = [*s.prompt_token_ids, *s.response_token_ids]
+            if min(ids) < 0 or max(ids) >= vocab:
+                raise ValueError(f"sample {i} has token ids outside the vocabulary [0, {vocab})")
             specs.append(batching.SeqSpec(i, len(s.prompt_token_ids), len(s.response_token_ids)))
         return specs
 
@@ -248,6 +253,12 @@ class Actor:
             raise RuntimeError("this actor was built with trainable=False")
         if self.cfg.kl_coef > 0 and ref_logprobs is None:
             raise ValueError("actor.kl_coef > 0 needs ref_logprobs")
+        if not any(s.response_token_ids for s in samples):
+            # An empty step would still apply weight decay and advance Adam's step count.
+            raise ValueError("update() needs at least one sample with response tokens")
+        for i, s in enumerate(samples):
+            if not math.isfinite(s.advantage):
+                raise ValueError(f"sample {i} has a non-finite advantage ({s.advantage})")
         t0 = time.perf_counter()
         mbs = self._micro_batches(samples, old_logprobs, ref_logprobs)
         on_policy = old_logprobs is None

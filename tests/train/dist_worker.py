@@ -146,8 +146,35 @@ def scenario_update(args: dict) -> None:
         result["metrics"].append(actor.update(s1, old_logprobs=old))
         result["metrics"].append(actor.update(samples_for_step(2)))  # on-policy path
         result["state"] = gather_state(actor)
+        if name == "single":
+            result["errors"] = _bad_inputs(actor)
         if is_writer():
             torch.save(result, out / f"update_{model}_{name}.pt")
+
+
+def _bad_inputs(actor: Actor) -> list[str]:
+    """Bad batches are refused with a clear error and leave the weights untouched."""
+    before = gather_state(actor)
+    ok = samples_for_step(1)[:2]
+    bad = [
+        [dataclasses.replace(ok[0], response_token_ids=[])],
+        [dataclasses.replace(ok[0], prompt_token_ids=[])],
+        [dataclasses.replace(ok[0], response_token_ids=[1, 2, 10**6])],
+        [dataclasses.replace(ok[0], advantage=float("nan")), ok[1]],
+    ]
+    errors = []
+    for batch in bad:
+        try:
+            actor.update(batch)
+        except ValueError as e:
+            errors.append(str(e))
+    try:
+        actor.update(ok, old_logprobs=[[0.0]])
+    except ValueError as e:
+        errors.append(str(e))
+    after = gather_state(actor)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    return errors
 
 
 # -- scenario: checkpoint save / resume ---------------------------------------------------

@@ -81,6 +81,16 @@ def test_update_matches_single_process_at_every_layout(tiny_models, torchrun, tm
             diff = (got["state"][name] - t).abs().max().item()
             assert diff < 2e-5, (layout, name, diff)
     ref = torch.load(tmp_path / "update_qwen2_single.pt")
+    expected = [
+        "response tokens",
+        "empty prompt",
+        "outside the vocabulary",
+        "non-finite",
+        "1 entries",
+    ]
+    assert len(ref["errors"]) == len(expected)
+    for message, fragment in zip(ref["errors"], expected, strict=True):
+        assert fragment in message, (fragment, message)
     initial = safetensors.load_file(Path(tiny_models["qwen2"]) / "model.safetensors")
     moved = max((ref["state"][k] - v).abs().max().item() for k, v in initial.items())
     assert moved > 1e-3
