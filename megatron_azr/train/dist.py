@@ -82,7 +82,11 @@ def init_process_group(timeout_minutes: int = 30) -> None:
 
 
 def init_parallel(parallel: ParallelConfig, seed: int) -> Layout:
-    """Initialise megatron's parallel state for ``parallel`` (re-initialising if needed)."""
+    """Initialise megatron's parallel state for ``parallel``.
+
+    A second call with the same layout keeps the state (a reference policy next to the actor
+    shares its process groups); a different layout tears the old one down first.
+    """
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
 
@@ -93,6 +97,9 @@ def init_parallel(parallel: ParallelConfig, seed: int) -> Layout:
             f"world size {world} is not divisible by tp*pp = {parallel.tp}*{parallel.pp}"
         )
     if ps.model_parallel_is_initialized():
+        lay = current_layout()
+        if (lay.tp, lay.pp, lay.vpp) == (parallel.tp, parallel.pp, parallel.vpp):
+            return lay
         ps.destroy_model_parallel()
     ps.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tp,

@@ -148,6 +148,7 @@ def scenario_update(args: dict) -> None:
         result["state"] = gather_state(actor)
         if name == "single":
             result["errors"] = _bad_inputs(actor)
+            result["kl"] = _kl_to_reference(actor, hf_dir)
         if is_writer():
             torch.save(result, out / f"update_{model}_{name}.pt")
 
@@ -175,6 +176,20 @@ def _bad_inputs(actor: Actor) -> list[str]:
     after = gather_state(actor)
     assert all(torch.equal(before[k], after[k]) for k in before)
     return errors
+
+
+def _kl_to_reference(actor: Actor, hf_dir: str) -> list[float]:
+    """A frozen reference policy and a KL-regularised actor live next to ``actor``."""
+    arch, layout = actor.arch, actor.parallel
+    probe = samples_for_step(5)
+    before = actor.logprobs(probe)
+    ref = Actor(arch, layout, _actor_cfg(), init_from=hf_dir, trainable=False)
+    kl_actor = Actor(arch, layout, _actor_cfg(kl_coef=0.1), init_from=hf_dir)
+    batch = samples_for_step(3)
+    ref_lp = ref.logprobs(batch)
+    kls = [kl_actor.update(batch, ref_logprobs=ref_lp)["kl"] for _ in range(2)]
+    assert actor.logprobs(probe) == before  # the first actor is untouched
+    return kls
 
 
 # -- scenario: checkpoint save / resume ---------------------------------------------------

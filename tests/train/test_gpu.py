@@ -82,6 +82,23 @@ def test_te_spec_matches_local_spec_in_bf16(tiny_models):
     print(f"bf16 |TE - local| mean {(te - local).abs().mean():.4f} (|logp| mean {scale:.3f})")
 
 
+def test_checkpoint_moves_between_local_and_te_specs(tiny_models, tmp_path):
+    """Local-spec checkpoints use TE's parameter keys: a TE model loads them."""
+    pytest.importorskip("transformer_engine")
+    from megatron_azr.train import checkpoint
+
+    samples = _samples()
+    local = _actor(tiny_models["qwen2"], "local")
+    local.update(samples)  # weights now differ from the HF directory
+    checkpoint.save(local, tmp_path / "ckpt")
+    want = _flat(local.logprobs(samples))
+    te = _actor(tiny_models["qwen2"], "transformer_engine")
+    checkpoint.load(te, tmp_path / "ckpt")
+    got = _flat(te.logprobs(samples))
+    assert te.steps == 1
+    assert (got - want).abs().mean().item() < 0.02 * want.abs().mean().item()
+
+
 @pytest.mark.parametrize("recipe", ["delayed", "tensorwise", "mxfp8"])
 def test_fp8_update_runs_and_loss_decreases(tiny_models, recipe):
     pytest.importorskip("transformer_engine")

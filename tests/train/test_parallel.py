@@ -91,6 +91,10 @@ def test_update_matches_single_process_at_every_layout(tiny_models, torchrun, tm
     assert len(ref["errors"]) == len(expected)
     for message, fragment in zip(ref["errors"], expected, strict=True):
         assert fragment in message, (fragment, message)
+    # KL to a frozen reference (a second model in the same processes): 0 before the first
+    # step, positive once the policy has moved.
+    kl_first, kl_second = ref["kl"]
+    assert abs(kl_first) < 1e-9 and kl_second > 1e-6
     initial = safetensors.load_file(Path(tiny_models["qwen2"]) / "model.safetensors")
     moved = max((ref["state"][k] - v).abs().max().item() for k, v in initial.items())
     assert moved > 1e-3
