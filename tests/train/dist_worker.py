@@ -146,7 +146,7 @@ def scenario_update(args: dict) -> None:
         result["metrics"].append(actor.update(s1, old_logprobs=old))
         result["metrics"].append(actor.update(samples_for_step(2)))  # on-policy path
         result["state"] = gather_state(actor)
-        if name == "single":
+        if name == "single" and model == "qwen2":
             result["errors"] = _bad_inputs(actor)
             result["kl"] = _kl_to_reference(actor, hf_dir)
         if is_writer():

@@ -61,11 +61,13 @@ def test_logits_match_transformers_and_round_trip_is_exact(tiny_models, torchrun
 
 UPDATE_RUNS = [("qwen2", "dp2"), ("qwen2", "tp2"), ("qwen2", "tp2sp"), ("qwen2", "pp2")]
 UPDATE_RUNS += [("qwen2_4l", "pp2vpp2")]  # interleaved 1F1B needs 2 layers per stage
+UPDATE_RUNS += [("llama", "pp2")]  # tied embeddings split over stages: shared-grad sync
 
 
 def test_update_matches_single_process_at_every_layout(tiny_models, torchrun, tmp_path):
     args = {"out": str(tmp_path), "models": tiny_models}
-    torchrun(1, "update", {**args, "runs": [("qwen2", "single"), ("qwen2_4l", "single")]})
+    singles = [(m, "single") for m in ("qwen2", "qwen2_4l", "llama")]
+    torchrun(1, "update", {**args, "runs": singles})
     torchrun(2, "update", {**args, "runs": UPDATE_RUNS})
     for model, layout in UPDATE_RUNS:
         ref = torch.load(tmp_path / f"update_{model}_single.pt")
