@@ -134,6 +134,21 @@ def param_maps(num_layers: int, qkv_bias: bool, tie_word_embeddings: bool) -> li
     return maps
 
 
+def param_kind(name: str) -> Kind:
+    """The kind (hence TP partitioning) of a megatron parameter, local- or TE-spec name."""
+    name = canonical_name(name)
+    if name in ("embedding.word_embeddings.weight", "output_layer.weight"):
+        return "vocab"
+    if name == "decoder.final_layernorm.weight":
+        return "norm"
+    parts = split_layer_name(name)
+    if parts is not None:
+        for suffix, _, kind in _LAYER_SUFFIXES:
+            if parts[1] == suffix:
+                return kind
+    raise KeyError(f"no mapping for megatron parameter {name!r}")
+
+
 def split_layer_name(name: str) -> tuple[int, str] | None:
     """``decoder.layers.3.mlp...`` -> (3, ``mlp...``); None for non-layer names."""
     m = _LAYER_RE.match(name)

@@ -32,10 +32,6 @@ class Layout:
     pp_rank: int
     dp_rank: int
 
-    @property
-    def is_last_stage(self) -> bool:
-        return self.pp_rank == self.pp - 1
-
 
 def free_port() -> int:
     with socket.socket() as s:

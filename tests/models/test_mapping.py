@@ -105,3 +105,15 @@ def test_names_cover_the_model_and_te_names_round_trip():
     )
     m = next(m for m in maps if m.mcore.endswith("linear_qkv.bias"))
     assert mapping.hf_shapes(m, 64, 128, 512, mapping.AttnDims(4, 2, 16)) == ((64,), (32,), (32,))
+
+
+def test_param_kind_by_name():
+    assert mapping.param_kind("embedding.word_embeddings.weight") == "vocab"
+    assert mapping.param_kind("decoder.layers.7.self_attention.linear_qkv.bias") == "qkv"
+    assert mapping.param_kind("decoder.layers.7.mlp.linear_fc1.layer_norm_weight") == "norm"
+    assert mapping.param_kind("decoder.layers.0.mlp.linear_fc2.weight") == "row"
+    assert mapping.partition_dim(mapping.param_kind("output_layer.weight")) == 0
+    for m in mapping.param_maps(3, qkv_bias=True, tie_word_embeddings=False):
+        assert mapping.param_kind(m.mcore) == m.kind
+    with pytest.raises(KeyError):
+        mapping.param_kind("decoder.layers.0.mlp.router.weight")
