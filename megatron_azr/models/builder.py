@@ -38,7 +38,12 @@ class BuildOptions:
 
 def resolve_impl(impl: str) -> Impl:
     if impl == "auto":
-        return "transformer_engine" if torch.cuda.is_available() and te.te_installed() else "local"
+        if not torch.cuda.is_available():
+            return "local"
+        if te.te_installed():
+            return "transformer_engine"
+        logger.warning("Transformer Engine is not installed: local layer spec on GPU (no FP8)")
+        return "local"
     if impl == "transformer_engine":
         te.require_te()
         if not torch.cuda.is_available():
