@@ -19,8 +19,10 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from megatron_azr.azr.config import AZRConfig
+from megatron_azr.models.config import ModelSection
 from megatron_azr.rollout.config import RolloutConfig
 from megatron_azr.telemetry.config import LoggingConfig
+from megatron_azr.train.config import ActorConfig, ParallelConfig
 
 T = TypeVar("T")
 
@@ -49,6 +51,9 @@ class RunConfig:
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     azr: AZRConfig = field(default_factory=AZRConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 

@@ -12,7 +12,7 @@ import builtins
 import keyword
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Family = Literal["qwen2", "llama"]
 
@@ -20,7 +20,7 @@ EOS = "<|endoftext|>"
 
 
 def _builtin_corpus() -> list[str]:
-    words = keyword.kwlist + sorted(n for n in dir(builtins) if not n.startswith("_"))
+    words = list(keyword.kwlist) + sorted(n for n in dir(builtins) if not n.startswith("_"))
     tags = ["<think>", "</think>", "<answer>", "</answer>", "```python", "```input", "```output"]
     lines = [" ".join(words), " ".join(tags), string.printable]
     lines += [f"def f({w}):\n    return {w}\n" for w in words]
@@ -62,6 +62,7 @@ def make_tiny_model(
     vocab_size: int = 512,
     tie_word_embeddings: bool = False,
     rope_theta: float = 10000.0,
+    llama3_rope_factor: float | None = None,
     seed: int = 0,
 ) -> Path:
     """Save a random ``family`` model plus its tokenizer under ``out_dir``; returns the dir."""
@@ -69,16 +70,25 @@ def make_tiny_model(
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     out = train_tokenizer(out_dir, vocab_size)
-    common = dict(
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": rope_theta}
+    if llama3_rope_factor is not None:  # Llama-3.1 style long-context RoPE scaling
+        rope.update(
+            rope_type="llama3",
+            factor=llama3_rope_factor,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        )
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
-        max_position_embeddings=4096,
+        max_position_embeddings=4096 if llama3_rope_factor is None else 16384,
         rms_norm_eps=1e-6,
-        rope_theta=rope_theta,
+        rope_parameters=rope,
         tie_word_embeddings=tie_word_embeddings,
         eos_token_id=0,
         bos_token_id=0,
@@ -86,6 +96,7 @@ def make_tiny_model(
         torch_dtype="float32",
     )
     torch.manual_seed(seed)
+    model: Qwen2ForCausalLM | LlamaForCausalLM
     if family == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     elif family == "llama":

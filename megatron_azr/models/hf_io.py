@@ -1,0 +1,317 @@
+"""HF checkpoints in and out of megatron model chunks, at any TP/PP layout.
+
+* :class:`HFWeights` reads (sharded) safetensors lazily, one tensor at a time.
+* :func:`load_hf` fills this rank's chunks from an HF directory (each rank reads only the
+  tensors it holds and slices its TP shard).
+* :func:`iter_hf_tensors` is the one place that gathers full HF tensors out of a parallel model:
+  a collective generator (every rank of the job iterates it) yielding ``(hf_name, tensor)`` on
+  every rank. Rollout resharding can swap it for a bucketed streaming variant.
+* :func:`save_hf` writes those tensors (rank 0) as sharded safetensors, with the config and
+  tokenizer files carried over, atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from megatron_azr.models import mapping
+from megatron_azr.models.config import LLAMA3_ROPE_FIXED, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+# Files of an HF model directory that are not weights and travel with them.
+META_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+_IGNORED_HF = ("rotary_emb.inv_freq",)
+
+
+def attn_dims(arch: ModelConfig) -> mapping.AttnDims:
+    return mapping.AttnDims(arch.num_attention_heads, arch.num_query_groups, arch.head_dim)
+
+
+class HFWeights:
+    """Lazy reader of an HF directory's safetensors (single file or sharded with an index)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        index = self.path / "model.safetensors.index.json"
+        self._stack = contextlib.ExitStack()
+        self._handles: dict[str, object] = {}
+        if index.is_file():
+            self.weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        elif (self.path / "model.safetensors").is_file():
+            with safe_open(self.path / "model.safetensors", "pt") as f:
+                self.weight_map = dict.fromkeys(f.keys(), "model.safetensors")
+        else:
+            raise FileNotFoundError(f"no safetensors weights in {self.path}")
+
+    def names(self) -> set[str]:
+        return {n for n in self.weight_map if not n.endswith(_IGNORED_HF)}
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.weight_map:
+            raise KeyError(f"{self.path}: tensor {name!r} not found")
+        file = self.weight_map[name]
+        if file not in self._handles:
+            self._handles[file] = self._stack.enter_context(safe_open(self.path / file, "pt"))
+        return self._handles[file].get_tensor(name)  # type: ignore[attr-defined]
+
+    def dtype(self) -> torch.dtype:
+        """The dtype the weights are stored in (that of the token embedding)."""
+        return self.get("model.embed_tokens.weight").dtype
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> HFWeights:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _layout() -> tuple[int, int, int, int, int]:
+    return (
+        ps.get_tensor_model_parallel_world_size(),
+        ps.get_tensor_model_parallel_rank(),
+        ps.get_pipeline_model_parallel_world_size(),
+        ps.get_pipeline_model_parallel_rank(),
+        ps.get_virtual_pipeline_model_parallel_world_size() or 1,
+    )
+
+
+def global_named_parameters(
+    chunks: list[torch.nn.Module], arch: ModelConfig
+) -> Iterator[tuple[str, torch.nn.Parameter]]:
+    """This rank's parameters under canonical names with *global* layer indices."""
+    _, _, pp, pp_rank, vpp = _layout()
+    for vp_stage, chunk in enumerate(chunks):
+        offset = mapping.layer_offset(arch.num_layers, pp, pp_rank, vpp, vp_stage)
+        for name, param in chunk.named_parameters():
+            canon = mapping.canonical_name(name)
+            parts = mapping.split_layer_name(canon)
+            if parts is not None:
+                canon = mapping.with_layer(canon, offset + parts[0])
+            yield canon, param
+
+
+def _maps_by_name(arch: ModelConfig) -> dict[str, mapping.ParamMap]:
+    maps = {
+        m.mcore: m
+        for m in mapping.param_maps(arch.num_layers, arch.qkv_bias, arch.tie_word_embeddings)
+    }
+    if arch.tie_word_embeddings:
+        # With PP > 1 the last stage holds a copy of the tied embedding as its output layer.
+        maps["output_layer.weight"] = mapping.ParamMap(
+            "output_layer.weight", ("model.embed_tokens.weight",), "vocab", None
+        )
+    return maps
+
+
+@torch.no_grad()
+def load_hf(chunks: list[torch.nn.Module], arch: ModelConfig, hf_dir: str | Path) -> set[str]:
+    """Copy the HF weights at ``hf_dir`` into this rank's chunks; returns the HF names read."""
+    arch.check_matches(ModelConfig.from_hf_dir(hf_dir), f"the HF config at {hf_dir}")
+    tp, tp_rank, *_ = _layout()
+    dims = attn_dims(arch)
+    maps = _maps_by_name(arch)
+    used: set[str] = set()
+    named = list(global_named_parameters(chunks, arch))
+    quiet = dist.is_initialized() and dist.get_rank() != 0
+    with HFWeights(hf_dir) as weights:
+        for name, param in tqdm(named, desc="loading HF weights", disable=quiet, leave=False):
+            m = maps.get(name)
+            if m is None:
+                raise KeyError(f"megatron parameter {name!r} has no HF mapping")
+            full = mapping.from_hf(m.kind, tuple(weights.get(n) for n in m.hf), dims)
+            local = mapping.shard(m.kind, full, tp_rank, tp, dims)
+            if local.shape != param.shape:
+                raise ValueError(
+                    f"{name}: HF gives shard {tuple(local.shape)}, model has {tuple(param.shape)}"
+                )
+            param.copy_(local)
+            used.update(m.hf)
+    return used
+
+
+def _pp_src(owner_pp_rank: int) -> int:
+    return dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group())[owner_pp_rank]
+
+
+@torch.no_grad()
+def iter_hf_tensors(
+    chunks: list[torch.nn.Module], arch: ModelConfig, progress: bool = False
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Full HF tensors of the whole model, in canonical order, on every rank (collective).
+
+    The pipeline stage owning a parameter all-gathers its TP shards, converts to HF and
+    broadcasts over the pipeline group; other stages receive. Every rank must iterate to the
+    end, in step.
+    """
+    tp, _, pp, pp_rank, vpp = _layout()
+    dims = attn_dims(arch)
+    params = dict(global_named_parameters(chunks, arch))
+    dtype = next(iter(params.values())).dtype
+    device = next(iter(params.values())).device
+    tp_group = ps.get_tensor_model_parallel_group()
+    pp_group = ps.get_pipeline_model_parallel_group()
+    maps = mapping.param_maps(arch.num_layers, arch.qkv_bias, arch.tie_word_embeddings)
+    quiet = not progress or (dist.is_initialized() and dist.get_rank() != 0)
+    for m in tqdm(maps, desc="gathering HF tensors", disable=quiet, leave=False):
+        owner, _ = mapping.owner_stage(m, arch.num_layers, pp, vpp)
+        if owner == pp_rank:
+            local = params[m.mcore].detach()
+            if tp > 1:
+                shards = [torch.empty_like(local) for _ in range(tp)]
+                dist.all_gather(shards, local.contiguous(), group=tp_group)
+            else:
+                shards = [local]
+            tensors = mapping.to_hf(m.kind, mapping.unshard(m.kind, shards, dims), dims)
+        else:
+            shapes = mapping.hf_shapes(
+                m, arch.hidden_size, arch.ffn_hidden_size, arch.vocab_size, dims
+            )
+            tensors = tuple(torch.empty(s, dtype=dtype, device=device) for s in shapes)
+        if pp > 1:
+            for t in tensors:
+                dist.broadcast(t, src=_pp_src(owner), group=pp_group)
+        yield from zip(m.hf, tensors, strict=True)
+
+
+def hf_config(arch: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
+    """An HF ``config.json`` for ``arch`` (when no original config travels with the weights)."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    kw: dict[str, Any] = dict(
+        vocab_size=arch.vocab_size,
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.ffn_hidden_size,
+        num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_attention_heads,
+        num_key_value_heads=arch.num_query_groups,
+        head_dim=arch.head_dim,
+        max_position_embeddings=arch.max_position_embeddings,
+        rms_norm_eps=arch.norm_eps,
+        rope_theta=arch.rope_theta,
+        tie_word_embeddings=arch.tie_word_embeddings,
+        torch_dtype=str(dtype).removeprefix("torch."),
+    )
+    if arch.rope_scaling_factor is not None:
+        kw["rope_scaling"] = {
+            "rope_type": "llama3",
+            "factor": arch.rope_scaling_factor,
+            **LLAMA3_ROPE_FIXED,
+        }
+    if arch.family == "qwen2":
+        qwen = Qwen2Config(**kw)
+        qwen.architectures = ["Qwen2ForCausalLM"]
+        return qwen.to_dict()
+    llama = LlamaConfig(**kw, attention_bias=False, mlp_bias=False)
+    llama.architectures = ["LlamaForCausalLM"]
+    return llama.to_dict()
+
+
+def write_safetensors(
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    out_dir: Path,
+    max_shard_bytes: int,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Write named tensors as HF-style safetensors shards (+ index when more than one)."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors:
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t.detach().to("cpu", dtype or t.dtype, copy=True).contiguous()
+        size += nbytes
+    n = len(shards)
+    if n == 1:
+        save_file(shards[0], out_dir / "model.safetensors", metadata={"format": "pt"})
+        return
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        save_file(shard, out_dir / file, metadata={"format": "pt"})
+        for name, t in shard.items():
+            weight_map[name] = file
+            total += t.numel() * t.element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def save_hf(
+    chunks: list[torch.nn.Module],
+    arch: ModelConfig,
+    out_dir: str | Path,
+    meta_from: str | Path | None = None,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = 5 * 1024**3,
+) -> None:
+    """Export the model as an HF directory (collective; rank 0 writes, atomically).
+
+    Config and tokenizer files are copied from ``meta_from`` (the original HF directory);
+    without it a config.json is generated from the card. ``dtype`` casts the weights (default:
+    the model's own dtype).
+    """
+    out = Path(out_dir)
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    tensors = iter_hf_tensors(chunks, arch, progress=True)
+    if not rank0:
+        for _ in tensors:
+            pass
+        dist.barrier()
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would survive the rename
+    try:
+        dtype = dtype or next(iter(chunks[0].parameters())).dtype
+        write_safetensors(tensors, tmp, max_shard_bytes, dtype)
+        copied = False
+        if meta_from is not None:
+            for f in META_FILES:
+                src = Path(meta_from) / f
+                if src.is_file():
+                    shutil.copy2(src, tmp / f)
+                    copied = copied or f == "config.json"
+        if not copied:
+            (tmp / "config.json").write_text(json.dumps(hf_config(arch, dtype), indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+    logger.info("wrote HF model to %s", out)

@@ -1,0 +1,130 @@
+"""Distributed start-up: torch.distributed (NCCL on GPU, gloo on CPU) and megatron parallel state.
+
+Works under torchrun / srun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK) and as a
+plain single process (a world of one on a free local port).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from megatron_azr.train.config import ParallelConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this rank sits in the (tp, pp, dp) grid."""
+
+    tp: int
+    pp: int
+    dp: int
+    vpp: int
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env_from_slurm() -> None:
+    """Fill torchrun's variables from Slurm's when started by ``srun`` directly."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+
+
+def init_process_group(timeout_minutes: int = 30) -> None:
+    """torch.distributed with NCCL when CUDA is present, else gloo (+ the CPU compat layer)."""
+    if not torch.cuda.is_available():
+        from megatron_azr.train import cpu_compat
+
+        cpu_compat.apply()
+    if dist.is_initialized():
+        return
+    _env_from_slurm()
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if "MASTER_ADDR" not in os.environ:
+        raise RuntimeError("MASTER_ADDR/MASTER_PORT are not set (launch with torchrun or srun)")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(
+        backend=backend,
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+    )
+    logger.info("torch.distributed up: %s, world size %d", backend, dist.get_world_size())
+
+
+def init_parallel(parallel: ParallelConfig, seed: int) -> Layout:
+    """Initialise megatron's parallel state for ``parallel``.
+
+    A second call with the same layout keeps the state (a reference policy next to the actor
+    shares its process groups); a different layout tears the old one down first.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core import tensor_parallel
+
+    init_process_group()
+    world = dist.get_world_size()
+    if world % (parallel.tp * parallel.pp):
+        raise ValueError(
+            f"world size {world} is not divisible by tp*pp = {parallel.tp}*{parallel.pp}"
+        )
+    if ps.model_parallel_is_initialized():
+        lay = current_layout()
+        if (lay.tp, lay.pp, lay.vpp) == (parallel.tp, parallel.pp, parallel.vpp):
+            return lay
+        ps.destroy_model_parallel()
+    ps.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.vpp if parallel.vpp > 1 else None,
+    )
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    torch.manual_seed(seed)
+    return current_layout()
+
+
+def current_layout() -> Layout:
+    from megatron.core import parallel_state as ps
+
+    return Layout(
+        tp=ps.get_tensor_model_parallel_world_size(),
+        pp=ps.get_pipeline_model_parallel_world_size(),
+        dp=ps.get_data_parallel_world_size(),
+        vpp=ps.get_virtual_pipeline_model_parallel_world_size() or 1,
+        tp_rank=ps.get_tensor_model_parallel_rank(),
+        pp_rank=ps.get_pipeline_model_parallel_rank(),
+        dp_rank=ps.get_data_parallel_rank(),
+    )
+
+
+def shutdown() -> None:
+    from megatron.core import parallel_state as ps
+
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

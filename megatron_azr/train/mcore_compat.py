@@ -1,0 +1,83 @@
+"""megatron-core version-specific code, in one place (CPU patches live in ``cpu_compat``).
+
+The APIs this project calls (GPTModel, layer specs, parallel_state, schedules, DDP,
+get_megatron_optimizer, dist_checkpointing) have the same signatures in 0.16.1 (CPU CI,
+Python 3.11) and 0.19.x (clusters, Python 3.12); what differs or is broken is handled here.
+
+Workarounds for megatron-core's distributed-optimizer checkpoints without Apex/TE.
+
+Without Apex or Transformer Engine, megatron's ``DistributedOptimizer`` wraps torch's Adam, and
+its checkpoint load path (0.16.1, still present in 0.19.x) has these bugs:
+
+* a fresh optimizer has no state, and building the sharded state dict for loading asserts on
+  the per-param ``step`` it reads from that state: megatron's own fix is to take one dummy step
+  (``_init_optimizer_states_with_dummy_values``), which we call;
+* restoring per-param state copies every key of torch's Adam state, ``step`` included, from a
+  checkpoint that does not store ``step`` per param (it travels in the param groups): KeyError.
+  We keep the current ``step`` for that copy (the param groups' value is already in place);
+* ``load_state_dict`` gives every param the *same* ``step`` tensor; torch's Adam increments
+  each param's step in place, so after resume the shared counter advances once per param per
+  step and the bias correction drifts silently. We give each param its own copy.
+
+Both are no-ops where Apex/TE fused Adam is used (the step lives in the param groups there).
+The resume test (tests/train/test_parallel.py) compares resumed losses with an uninterrupted
+run, so a regression shows up as a failure, not as drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+def _distributed_optimizers(optimizer: Any) -> Iterator[Any]:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(opt, DistributedOptimizer):
+            yield opt
+
+
+def _uses_torch_adam() -> bool:
+    from megatron.core.optimizer import distrib_optimizer
+
+    return not getattr(distrib_optimizer, "HAVE_APEX_OR_TE", True)
+
+
+def _keep_step_on_restore(opt: Any) -> None:
+    if getattr(opt, "_azr_keeps_step", False):
+        return
+    original = opt._set_main_param_and_optimizer_states
+
+    def set_states(model_param: Any, tensors: dict[str, torch.Tensor]) -> None:
+        if "step" not in tensors:
+            current = opt._get_main_param_and_optimizer_states(model_param)
+            if "step" in current:
+                tensors = {**tensors, "step": current["step"].detach().clone()}
+        with torch.no_grad():
+            original(model_param, tensors)
+
+    opt._set_main_param_and_optimizer_states = set_states
+    opt._azr_keeps_step = True
+
+
+def prepare_optimizer_for_load(optimizer: Any) -> None:
+    """Give a fresh distributed optimizer the state its checkpoint loader expects."""
+    if not _uses_torch_adam():
+        return
+    for opt in _distributed_optimizers(optimizer):
+        if len(opt.optimizer.state) == 0:
+            opt._init_optimizer_states_with_dummy_values()
+        _keep_step_on_restore(opt)
+
+
+def fix_optimizer_after_load(optimizer: Any) -> None:
+    """Un-share the per-param ``step`` tensors megatron's loader aliases."""
+    if not _uses_torch_adam():
+        return
+    for opt in _distributed_optimizers(optimizer):
+        for state in opt.optimizer.state.values():
+            if "step" in state and isinstance(state["step"], torch.Tensor):
+                state["step"] = state["step"].detach().clone()

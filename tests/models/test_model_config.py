@@ -1,0 +1,111 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from megatron_azr.config import ConfigError
+from megatron_azr.models.config import ModelConfig, ModelSection, load_model_card
+
+ROOT = Path(__file__).resolve().parents[2]
+CARDS = sorted((ROOT / "configs" / "models").glob("*.yaml"))
+
+# Published parameter counts (billions, embeddings included).
+PUBLISHED = {
+    "qwen2.5-0.5b": 0.49,
+    "qwen2.5-1.5b": 1.54,
+    "qwen2.5-coder-3b": 3.09,
+    "qwen2.5-coder-7b": 7.62,
+    "qwen2.5-coder-14b": 14.7,
+    "qwen2.5-coder-32b": 32.5,
+    "llama-3.1-8b": 8.03,
+}
+
+
+def test_every_card_loads_and_matches_published_size():
+    names = {p.stem for p in CARDS}
+    assert {"tiny", "qwen2.5-0.5b", "qwen2.5-coder-7b", "qwen2.5-coder-14b"} <= names
+    for p in CARDS:
+        card = load_model_card(p)
+        assert card.name == p.stem
+        if card.name in PUBLISHED:
+            billions = card.num_parameters() / 1e9
+            assert billions == pytest.approx(PUBLISHED[card.name], rel=0.01), card.name
+
+
+def test_card_by_name_and_strict_keys(tmp_path):
+    assert load_model_card("tiny") == load_model_card(ROOT / "configs/models/tiny.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "configs/models/tiny.yaml").read_text() + "num_heads: 3\n")
+    with pytest.raises(ConfigError, match="num_heads"):
+        load_model_card(bad)
+    text = (ROOT / "configs/models/tiny.yaml").read_text()
+    bad.write_text(text.replace("num_query_groups: 2", "num_query_groups: 3"))
+    with pytest.raises(ConfigError, match="num_query_groups"):
+        load_model_card(bad)
+
+
+def test_model_section_fails_early_on_missing_card():
+    assert ModelSection(card="qwen2.5-coder-7b").arch.hidden_size == 3584
+    with pytest.raises(ValueError, match="model card not found"):
+        ModelSection(card="configs/models/nope.yaml")
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_hf_config_round_trip(tmp_path, family):
+    pytest.importorskip("torch")
+    from megatron_azr.models.hf_io import hf_config
+    from megatron_azr.models.hf_tiny import make_tiny_model
+
+    factor = 8.0 if family == "llama" else None
+    d = make_tiny_model(tmp_path / family, family, llama3_rope_factor=factor)
+    card = ModelConfig.from_hf_dir(d)
+    assert card.qkv_bias == (family == "qwen2") and card.rope_scaling_factor == factor
+    import torch
+
+    regenerated = ModelConfig.from_hf(hf_config(card, torch.float32), name=card.name)
+    card.check_matches(regenerated, "regenerated config")
+
+
+def test_unsupported_hf_configs_are_rejected():
+    base = json.loads(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "vocab_size": 512,
+            }
+        )
+    )
+    assert ModelConfig.from_hf(base).num_query_groups == 4
+    with pytest.raises(ValueError, match="model_type"):
+        ModelConfig.from_hf({**base, "model_type": "mistral"})
+    with pytest.raises(ValueError, match="rope_scaling"):
+        ModelConfig.from_hf({**base, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+    with pytest.raises(ValueError, match="high_freq_factor"):
+        ModelConfig.from_hf(
+            {
+                **base,
+                "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 2.0},
+            }
+        )
+
+
+def test_check_matches_names_the_difference():
+    a = load_model_card("tiny")
+    b = ModelConfig(**{**a.__dict__, "norm_eps": 1e-5})
+    with pytest.raises(ValueError, match="norm_eps"):
+        a.check_matches(b, "the weights")
+
+
+def test_run_config_points_at_a_card():
+    from megatron_azr.config import load_config
+
+    cfg = load_config(ROOT / "configs/tiny_cpu.yaml", ["model.card=qwen2.5-coder-7b"])
+    assert cfg.model.arch.num_query_groups == 4 and cfg.actor.precision == "fp32"
+    with pytest.raises(ConfigError, match=r"section 'model'.*not found"):
+        load_config(ROOT / "configs/tiny_cpu.yaml", ["model.card=nope"])
+    with pytest.raises(ConfigError, match="vpp"):
+        load_config(ROOT / "configs/tiny_cpu.yaml", ["parallel.vpp=2"])
