@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from megatron_azr.azr.config import AZRConfig
+from megatron_azr.executor.config import ExecutorConfig
 from megatron_azr.telemetry.config import LoggingConfig
 
 T = TypeVar("T")
@@ -48,6 +49,7 @@ class RunConfig:
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     azr: AZRConfig = field(default_factory=AZRConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

@@ -27,10 +27,14 @@ class ExecutorConfig:
     tmpfs_mb: int = 64
     # "auto" picks the strongest stack this machine supports (bwrap namespaces + uid + seccomp +
     # rlimits + cgroups); "unconfined" runs jobs without namespaces or a private filesystem
-    # view and is refused unless ``allow_unconfined`` is set (auto falls back to it only then).
+    # view. Starting the executor unconfined is refused unless ``allow_unconfined`` is set
+    # (then "auto" also falls back to it when bwrap is unusable).
     sandbox: SandboxMode = "auto"
     allow_unconfined: bool = False
     bwrap: str = "bwrap"
+    # The seccomp filter (on wherever the architecture is supported); off only to diagnose a
+    # program the filter breaks, never to gain speed (it costs nothing per job).
+    seccomp: bool = True
     # First of the unprivileged uids jobs run as (worker k uses uid_base + k; root only).
     job_uid_base: int = 990000
     # Proposal validation (spec §5.2): the import ban list (not a safety boundary; the sandbox
@@ -55,11 +59,6 @@ class ExecutorConfig:
             raise ValueError("max_open_files must be >= 16 (the interpreter needs a few)")
         if self.memory_mb < 64:
             raise ValueError("memory_mb must be >= 64 (the interpreter itself needs ~30 MiB)")
-        if self.sandbox == "unconfined" and not self.allow_unconfined:
-            raise ValueError(
-                "sandbox 'unconfined' runs untrusted programs without namespaces or a private "
-                "filesystem view; set executor.allow_unconfined=true to accept that"
-            )
         if self.job_uid_base < 1000:
             raise ValueError("job_uid_base must be >= 1000 (keep clear of system accounts)")
         if self.max_program_kb < 1 or self.tasks_per_message < 1:

@@ -116,6 +116,10 @@ def _fs_view_args() -> list[str]:
             args += ["--ro-bind", path, path]
     exe, prefix = interpreter()
     if not prefix.startswith("/usr/"):
+        # bwrap would copy the modes of the host's parents (/root is 0700): open the path.
+        parents = Path(prefix).parents
+        for parent in reversed([p for p in parents if str(p) != "/"]):
+            args += ["--perms", "0755", "--dir", str(parent)]
         args += ["--ro-bind", prefix, prefix]
         if not exe.startswith(prefix + "/"):
             args += ["--ro-bind", exe, exe]
@@ -138,6 +142,10 @@ class SandboxSpec:
     @property
     def uid_switch(self) -> bool:
         return self.platform.root
+
+    @property
+    def seccomp(self) -> bool:
+        return self.cfg.seccomp and self.platform.seccomp
 
     @property
     def pid_namespace(self) -> bool:
@@ -164,7 +172,7 @@ class SandboxSpec:
             "workdir": workdir,
             "pid_namespace": self.pid_namespace,
             "output_cap": 1 << 20,
-            "seccomp": self.platform.seccomp,
+            "seccomp": self.seccomp,
             # Unix sockets reach nothing from a private net namespace; outside one they could.
             "allow_unix_sockets": self.mode == "bwrap",
             "preload": PRELOAD,
@@ -234,10 +242,12 @@ class SandboxSpec:
             rows.append(("uid", f"unprivileged uid {c.job_uid_base}+worker, no groups, no caps"))
         else:
             rows.append(("uid", "not separated (executor not started as root)"))
-        if p.seccomp:
+        if self.seccomp:
             n = len(seccomp.denied_syscalls())
             rows.append(("seccomp", f"{platform.machine()} filter: sockets other than AF_UNIX, "
                          f"namespace clones and {n} syscalls denied"))  # fmt: skip
+        elif not c.seccomp:
+            rows.append(("seccomp", "OFF (executor.seccomp=false)"))
         else:
             rows.append(("seccomp", f"unavailable on {platform.machine()}"))
         if p.cgroups.available:
@@ -274,6 +284,11 @@ def resolve(cfg: ExecutorConfig, plat: Platform | None = None) -> SandboxSpec:
         raise SandboxUnavailable(f"sandbox 'bwrap' requested but unusable: {plat.bwrap_error}")
     if cfg.allow_unconfined:
         return SandboxSpec("unconfined", cfg, plat)
+    if cfg.sandbox == "unconfined":
+        raise SandboxUnavailable(
+            "sandbox 'unconfined' runs untrusted programs without namespaces or a private "
+            "filesystem view; set executor.allow_unconfined=true to accept that"
+        )
     raise SandboxUnavailable(
         f"no sandbox available ({plat.bwrap_error}); refusing to run untrusted code "
         "unconfined. Install bubblewrap (and allow user namespaces or run as root), or set "
