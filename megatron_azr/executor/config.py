@@ -32,6 +32,8 @@ class ExecutorConfig:
     sandbox: SandboxMode = "auto"
     allow_unconfined: bool = False
     bwrap: str = "bwrap"
+    # The interpreter jobs run under ("" = the one running the executor), >= 3.11, stdlib only.
+    python: str = ""
     # The seccomp filter (on wherever the architecture is supported); off only to diagnose a
     # program the filter breaks, never to gain speed (it costs nothing per job).
     seccomp: bool = True

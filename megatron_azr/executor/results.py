@@ -39,7 +39,7 @@ def interpret(task: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
     failed = head or next(
         (items[i] for i in range(n_items) if items.get(i, {}).get("status", "ok") != "ok"), None
     )
-    status, error_type, message = "ok", "", ""
+    status, error_type, message = "ok", "", ""  # message: at most ~600 chars (harness)
     if answer.get("timed_out"):
         status, error_type = "timeout", "Timeout"
     elif signum:
@@ -60,7 +60,9 @@ def interpret(task: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
         matches = [items.get(i, {}).get("match") is True for i in range(n_items)]
     else:
         outputs, matches = [""] * n_items, [False] * n_items
-    stderr = (message + "\n" + str(answer.get("err", ""))).strip()[-STDERR_TAIL:]
+    # The job's own stderr, then what went wrong last, where a traceback puts it.
+    err = str(answer.get("err", ""))[-(STDERR_TAIL - len(message) - 1) :] if message else ""
+    stderr = (err + "\n" + message).strip() if message else str(answer.get("err", "")).strip()
     return {
         "status": status,
         "outputs": outputs,
@@ -91,15 +93,16 @@ def to_exec_result(job_id: str, r: dict[str, Any], with_matches: bool) -> ExecRe
 
 
 def combine_validation(job_id: str, a: ExecResult, b: ExecResult) -> ExecResult:
-    """Spec §5.2.3 across processes: both runs (two hash seeds) ok and identical outputs."""
+    """Spec §5.2.3 across processes: both runs (two hash seeds) ok with identical outputs.
+
+    When both runs got as far as producing outputs (ok, or rejected by a later rule), outputs
+    that differ between the seeds are the verdict: the more fundamental reason the proposal
+    cannot be a task. A memory address in the output stays the more specific one.
+    """
     time_s = a.time_s + b.time_s
-    if not a.ok:
-        a.time_s = time_s
-        return a
-    if not b.ok:
-        b.time_s = time_s
-        return b
-    if a.outputs != b.outputs:
+    ran = all(r.status in ("ok", "invalid") and r.outputs and all(r.outputs) for r in (a, b))
+    address = any(r.error_type == "AddressInOutput" for r in (a, b))
+    if ran and not address and a.outputs != b.outputs:
         i = next(k for k, (x, y) in enumerate(zip(a.outputs, b.outputs, strict=True)) if x != y)
         return ExecResult(
             job_id,
@@ -111,5 +114,6 @@ def combine_validation(job_id: str, a: ExecResult, b: ExecResult) -> ExecResult:
             f"{b.outputs[i][:300]!r} under another",
             time_s=time_s,
         )
-    a.time_s = time_s
-    return a
+    first = a if not a.ok else b
+    first.time_s = time_s
+    return first

@@ -58,14 +58,52 @@ class Platform:
         return bool(self.bwrap) and not self.bwrap_error
 
 
-def interpreter() -> tuple[str, str]:
-    """The real interpreter binary and its prefix (not a venv's symlink)."""
-    exe = os.path.realpath(getattr(sys, "_base_executable", "") or sys.executable)
-    return exe, os.path.realpath(sys.base_prefix)
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python that runs jobs (its real binary, not a venv's symlink)."""
+
+    exe: str
+    prefix: str
+    version: str  # "3.11"
+
+    @property
+    def stdlib(self) -> str:
+        return f"{self.prefix}/lib/python{self.version}"
+
+
+@functools.lru_cache(maxsize=8)
+def find_interpreter(python: str) -> Interpreter:
+    """``python`` as configured ("" = the interpreter running this process)."""
+    if not python:
+        exe = os.path.realpath(getattr(sys, "_base_executable", "") or sys.executable)
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        return Interpreter(exe, os.path.realpath(sys.base_prefix), version)
+    exe = os.path.realpath(shutil.which(python) or python)
+    query = "import sys; print(sys.base_prefix); print('%d.%d' % sys.version_info[:2])"
+    try:
+        done = subprocess.run([exe, "-S", "-c", query], capture_output=True, text=True, timeout=30)
+        prefix, version = done.stdout.split()
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        msg = f"executor.python={python!r} is not a usable interpreter: {e}"
+        raise SandboxUnavailable(msg) from e
+    if tuple(int(v) for v in version.split(".")) < (3, 11):
+        raise SandboxUnavailable(f"executor.python={python!r} is Python {version}; need >= 3.11")
+    return Interpreter(exe, os.path.realpath(prefix), version)
+
+
+def _readable_by_others(path: str) -> bool:
+    """Can an unprivileged uid reach and list ``path`` (every parent searchable)?"""
+    p = Path(path)
+    try:
+        if p.stat().st_mode & 0o005 != 0o005:
+            return False
+        return all(parent.stat().st_mode & 0o001 for parent in p.parents)
+    except OSError:
+        return False
 
 
 @functools.lru_cache(maxsize=4)
-def _probe_bwrap(bwrap: str, root: bool) -> tuple[str, str, str]:
+def _probe_bwrap(bwrap: str, root: bool, python: str) -> tuple[str, str, str]:
     path = shutil.which(bwrap) or ""
     if not path:
         return "", "", f"{bwrap!r} not found (Debian: apt-get install bubblewrap)"
@@ -75,8 +113,9 @@ def _probe_bwrap(bwrap: str, root: bool) -> tuple[str, str, str]:
         ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired) as e:
         return path, "", f"bwrap --version failed: {e}"
-    exe, _ = interpreter()
-    argv = [path, *_namespace_args(root), *_fs_view_args(), "--", exe, "-S", "-c", "print(1)"]
+    interp = find_interpreter(python)
+    argv = [path, *_namespace_args(root), *_fs_view_args(interp), "--", interp.exe, "-S", "-c",
+            "print(1)"]  # fmt: skip
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -88,7 +127,7 @@ def _probe_bwrap(bwrap: str, root: bool) -> tuple[str, str, str]:
 
 def detect(cfg: ExecutorConfig) -> Platform:
     root = os.geteuid() == 0
-    bwrap, version, error = _probe_bwrap(cfg.bwrap, root)
+    bwrap, version, error = _probe_bwrap(cfg.bwrap, root, cfg.python)
     return Platform(root, bwrap, version, error, seccomp.supported(), cgroups.detect())
 
 
@@ -106,7 +145,7 @@ def _namespace_args(root: bool) -> list[str]:
     return args
 
 
-def _fs_view_args() -> list[str]:
+def _fs_view_args(interp: Interpreter) -> list[str]:
     args = ["--ro-bind", "/usr", "/usr"]
     for top in ("lib", "lib64", "bin", "sbin"):
         path = f"/{top}"
@@ -114,7 +153,7 @@ def _fs_view_args() -> list[str]:
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
-    exe, prefix = interpreter()
+    exe, prefix = interp.exe, interp.prefix
     if not prefix.startswith("/usr/"):
         # bwrap would copy the modes of the host's parents (/root is 0700): open the path.
         parents = Path(prefix).parents
@@ -124,9 +163,9 @@ def _fs_view_args() -> list[str]:
         if not exe.startswith(prefix + "/"):
             args += ["--ro-bind", exe, exe]
         # The interpreter runs with -S: hide installed packages from the view as well.
-        site = Path(prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}")
-        if (site / "site-packages").is_dir():
-            args += ["--tmpfs", str(site / "site-packages")]
+        site = Path(interp.stdlib, "site-packages")
+        if site.is_dir():
+            args += ["--tmpfs", str(site)]
     args += ["--dev", "/dev"]
     return args
 
@@ -184,7 +223,7 @@ class SandboxSpec:
         return _SANDBOX_RUNTIME_ROOT if self.mode == "bwrap" else str(Path(RUNTIME_DIR).parent)
 
     def argv(self, index: int, workdir: str) -> list[str]:
-        exe, _ = interpreter()
+        exe = find_interpreter(self.cfg.python).exe
         boot = (
             f"import sys; sys.path.insert(0, {self.runtime_root!r}); "
             "from runtime.zygote import main; main()"
@@ -199,7 +238,7 @@ class SandboxSpec:
             *_namespace_args(self.platform.root),
             "--clearenv",
             "--setenv", "PYTHONHASHSEED", str(self.hash_seed(index)),
-            *_fs_view_args(),
+            *_fs_view_args(find_interpreter(self.cfg.python)),
             "--size", tmpfs, "--tmpfs", "/tmp",
             "--ro-bind", RUNTIME_DIR, f"{_SANDBOX_RUNTIME_ROOT}/runtime",
             "--chdir", "/tmp",
@@ -283,6 +322,13 @@ def resolve(cfg: ExecutorConfig, plat: Platform | None = None) -> SandboxSpec:
     if cfg.sandbox == "bwrap":
         raise SandboxUnavailable(f"sandbox 'bwrap' requested but unusable: {plat.bwrap_error}")
     if cfg.allow_unconfined:
+        stdlib = find_interpreter(cfg.python).stdlib
+        if plat.root and not _readable_by_others(stdlib):
+            raise SandboxUnavailable(
+                f"unconfined jobs run as an unprivileged uid, which cannot read {stdlib} "
+                "(a parent directory is private); point executor.python at a world-readable "
+                "interpreter (e.g. /usr/bin/python3) or use bwrap"
+            )
         return SandboxSpec("unconfined", cfg, plat)
     if cfg.sandbox == "unconfined":
         raise SandboxUnavailable(

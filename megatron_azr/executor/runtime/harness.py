@@ -128,9 +128,9 @@ def _status_of(exc: BaseException) -> str:
 
 
 class _Failure(Exception):
-    def __init__(self, stage: str, exc: BaseException) -> None:
+    def __init__(self, stage: str, exc: BaseException, output: str | None = None) -> None:
         super().__init__(stage)
-        self.stage, self.exc = stage, exc
+        self.stage, self.exc, self.output = stage, exc, output
 
 
 def _stage(stage: str, fn: Callable[[], Any]) -> Any:
@@ -233,7 +233,10 @@ def execute(prepared: dict[str, Any], out: Emitter) -> None:
 
 def _failure_record(f: _Failure) -> dict[str, Any]:
     if isinstance(f.exc, Invalid):
-        return {"status": "invalid", "error_type": f.exc.error_type, "message": _str(f.exc)}
+        record = {"status": "invalid", "error_type": f.exc.error_type, "message": _str(f.exc)}
+        if f.output is not None:  # what the run produced, for comparison across hash seeds
+            record["output"] = f.output
+        return record
     if f.stage == "syntax":
         return {"status": "invalid", "error_type": _error_type(f.exc),
                 "message": _message("program", f.exc)}  # fmt: skip
@@ -268,7 +271,10 @@ def _run_item(
     value = _stage("call", lambda: _eval(call, ns))
     output = _stage("repr", lambda: truncate(_str(_repr(value))))
     if kind == "validate":
-        _stage("determinism", lambda: _check_deterministic(ns, call, value, output, task))
+        try:
+            _check_deterministic(ns, call, value, output, task)
+        except BaseException as e:
+            raise _Failure("determinism", e, output) from None
     record: dict[str, Any] = {"status": "ok", "output": output}
     if kind in ("abduction", "induction"):
         record["match"] = _stage("compare", lambda: _equal(gold, value))
