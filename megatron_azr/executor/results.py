@@ -95,14 +95,16 @@ def to_exec_result(job_id: str, r: dict[str, Any], with_matches: bool) -> ExecRe
 def combine_validation(job_id: str, a: ExecResult, b: ExecResult) -> ExecResult:
     """Spec §5.2.3 across processes: both runs (two hash seeds) ok with identical outputs.
 
-    When both runs got as far as producing outputs (ok, or rejected by a later rule), outputs
+    When both runs produced their outputs and passed everything but the round trip, outputs
     that differ between the seeds are the verdict: the more fundamental reason the proposal
-    cannot be a task. A memory address in the output stays the more specific one.
+    cannot be a task. Other rejections (randomness seen within one run, a memory address, NaN)
+    are more specific and stand.
     """
     time_s = a.time_s + b.time_s
-    ran = all(r.status in ("ok", "invalid") and r.outputs and all(r.outputs) for r in (a, b))
-    address = any(r.error_type == "AddressInOutput" for r in (a, b))
-    if ran and not address and a.outputs != b.outputs:
+    ran = all(
+        (r.ok or r.error_type == "NoRoundTrip") and r.outputs and all(r.outputs) for r in (a, b)
+    )
+    if ran and a.outputs != b.outputs:
         i = next(k for k, (x, y) in enumerate(zip(a.outputs, b.outputs, strict=True)) if x != y)
         return ExecResult(
             job_id,

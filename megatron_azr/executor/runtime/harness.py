@@ -72,6 +72,14 @@ def find_banned_imports(source: str, banned: list[str]) -> list[str]:
     ``importlib.import_module('x')`` with a literal name count as imports. Unparsable code falls
     back to the original's word-boundary search over the text.
     """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return [b for b in banned if re.search(rf"\b{re.escape(b)}\b", source)]
+    return _banned_in_tree(tree, banned)
+
+
+def _banned_in_tree(tree: ast.AST, banned: list[str]) -> list[str]:
     single = {b for b in banned if "." not in b}
     dotted = [b for b in banned if "." in b]
 
@@ -80,10 +88,6 @@ def find_banned_imports(source: str, banned: list[str]) -> list[str]:
             return True
         return any(path == d or path.startswith(d + ".") for d in dotted)
 
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return [b for b in banned if re.search(rf"\b{re.escape(b)}\b", source)]
     hits: list[str] = []
     for node in ast.walk(tree):
         paths: list[str] = []
@@ -211,8 +215,9 @@ def execute(prepared: dict[str, Any], out: Emitter) -> None:
     task, kind, source = prepared["task"], prepared["kind"], prepared["source"]
     try:
         if kind == "validate":
-            _check_proposal(source, task.get("banned") or [])
-        program = _stage("program", lambda: _compile(source, "<program>", "exec"))
+            program = _check_proposal(source, task.get("banned") or [])
+        else:
+            program = _stage("program", lambda: _compile(source, "<program>", "exec"))
     except _Failure as f:
         out.emit({"i": -1, **_failure_record(f)})
         return
@@ -297,13 +302,18 @@ def _reproduces(expected: str, output: str, value: Any, ns: dict[str, Any]) -> b
         return False
 
 
-def _check_proposal(source: str, banned: list[str]) -> None:
-    """Spec §5.2.1-2: the proposal parses and imports nothing banned (raises ``_Failure``)."""
-    _stage("syntax", lambda: _compile(source, "<program>", "exec"))
-    hits = find_banned_imports(source, banned)
+def _check_proposal(source: str, banned: list[str]) -> Any:
+    """Spec §5.2.1-2: the proposal parses and imports nothing banned; returns its code.
+
+    One parse serves both the ban list and the compiler (in a fresh process every parse costs
+    pages). Raises ``_Failure`` (status "invalid" for syntax errors and banned imports).
+    """
+    tree = _stage("syntax", lambda: ast.parse(source, "<program>"))
+    hits = _banned_in_tree(tree, banned) if banned else []
     if hits:
         err = Invalid("BannedImport", "banned imports: " + ", ".join(sorted(set(hits))))
         raise _Failure("imports", err)
+    return _stage("syntax", lambda: _compile(tree, "<program>", "exec"))
 
 
 def _check_deterministic(
