@@ -45,7 +45,6 @@ class ExecutorError(RuntimeError):
 @dataclass(eq=False)
 class _Task:
     tid: int
-    job: int
     payload: dict[str, Any]
     budget: float  # seconds the server may spend on it, all items together
     pair: _Task | None = None  # the other half of a validation
@@ -95,7 +94,7 @@ class SandboxExecutor:
         with self._lock:
             if self._closed:
                 raise ExecutorError("executor is closed")
-            plans = [self._plan(i, job) for i, job in enumerate(jobs)]
+            plans = [self._plan(job) for job in jobs]
             queue: deque[_Task] = deque(t for p in plans for t in p.tasks)
             self._loop(queue, sum(len(p.tasks) for p in plans))
             return [p.result or self._assemble(p) for p in plans]
@@ -108,9 +107,11 @@ class SandboxExecutor:
         return [dict(w.facts) for w in self.workers]
 
     def close(self) -> None:
-        self._closed = True
-        self._finalizer()
-        self._sel.close()
+        """Stop every worker and remove its cgroups (waits for a ``run`` in progress)."""
+        with self._lock:
+            self._closed = True
+            self._finalizer()
+            self._sel.close()
 
     def __enter__(self) -> SandboxExecutor:
         return self
@@ -120,13 +121,11 @@ class SandboxExecutor:
 
     # ------------------------------------------------------------------ planning
 
-    def _plan(self, index: int, job: Job) -> _Plan:
+    def _plan(self, job: Job) -> _Plan:
         plan = _Plan(job)
-        problem = self._check_job(job)
+        error_type, problem = self._check_job(job)
         if problem:
-            plan.result = ExecResult(job.id, "invalid", error_type="BadJob", stderr_tail=problem)
-            if problem.startswith("program"):
-                plan.result.error_type = "ProgramTooLarge"
+            plan.result = ExecResult(job.id, "invalid", error_type=error_type, stderr_tail=problem)
             return plan
         n_items = 1 if job.kind in ("deduction", "abduction") else len(job.inputs)
         payload = {
@@ -145,34 +144,35 @@ class SandboxExecutor:
         halves = 2 if job.kind == "validate" else 1
         for _ in range(halves):
             tid = next(self._tids)
-            plan.tasks.append(_Task(tid, index, {**payload, "tid": tid}, budget))
+            plan.tasks.append(_Task(tid, {**payload, "tid": tid}, budget))
         if halves == 2:
             a, b = plan.tasks
             a.pair, b.pair = b, a
             b.payload["banned"] = []  # one run checks the ban list; the other only repeats it
         return plan
 
-    def _check_job(self, job: Job) -> str:
-        if job.kind not in _KINDS:
-            return f"unknown job kind {job.kind!r}"
-        if not job.timeout_s > 0:
-            return "timeout_s must be > 0"
+    def _check_job(self, job: Job) -> tuple[str, str]:
+        """(error type, problem) of a job that cannot run as given; ("", "") if it can."""
         size = len(job.program) + len(job.prediction) + sum(len(i) for i in job.imports)
         if size > self.cfg.max_program_kb << 10:
-            return f"program of {size} bytes exceeds max_program_kb={self.cfg.max_program_kb}"
-        if job.kind in ("run", "validate") and not job.inputs:
-            return f"a {job.kind} job needs at least one input"
-        if job.kind in ("deduction", "abduction") and len(job.expected) != 1:
-            return f"a {job.kind} job needs exactly one expected output"
-        if job.kind == "induction" and (not job.inputs or len(job.inputs) != len(job.expected)):
-            return "an induction job needs as many expected outputs as inputs (at least one)"
-        if (
-            job.expected
-            and job.kind in ("run", "validate")
-            and len(job.expected) != len(job.inputs)
-        ):
-            return "expected outputs, when given, must match the inputs one to one"
-        return ""
+            limit = self.cfg.max_program_kb
+            return "ProgramTooLarge", f"program of {size} bytes exceeds max_program_kb={limit}"
+        n_in, n_out = len(job.inputs), len(job.expected)
+        if job.kind not in _KINDS:
+            problem = f"unknown job kind {job.kind!r}"
+        elif not job.timeout_s > 0:
+            problem = "timeout_s must be > 0"
+        elif job.kind in ("run", "validate") and not n_in:
+            problem = f"a {job.kind} job needs at least one input"
+        elif job.kind in ("run", "validate") and n_out and n_out != n_in:
+            problem = "expected outputs, when given, must match the inputs one to one"
+        elif job.kind in ("deduction", "abduction") and n_out != 1:
+            problem = f"a {job.kind} job needs exactly one expected output"
+        elif job.kind == "induction" and (not n_in or n_in != n_out):
+            problem = "an induction job needs as many expected outputs as inputs (at least one)"
+        else:
+            return "", ""
+        return "BadJob", problem
 
     # ------------------------------------------------------------------ the loop
 

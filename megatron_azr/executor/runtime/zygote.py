@@ -9,8 +9,8 @@ interpreter start. Per task it:
   capped in-memory file, the result pipe on fd 3 and no other descriptor, an empty environment,
   rlimits (address space, CPU, file size, open files, processes, no core dumps), the worker's
   unprivileged uid with no supplementary groups and no capabilities, and dies with this server,
-* supervises it: a wall-clock budget per item (each finished item extends it), a cap on result
-  bytes, the exit status,
+* waits for it: each item has its own alarm inside the job; this server's deadline (the sum of
+  the item budgets plus a second) kills a job that swallows its alarms or hangs in C code,
 * kills whatever the job left running (it is the subreaper of everything the job forks) and
   removes the working directory,
 
