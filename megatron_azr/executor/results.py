@@ -116,6 +116,6 @@ def combine_validation(job_id: str, a: ExecResult, b: ExecResult) -> ExecResult:
             f"{b.outputs[i][:300]!r} under another",
             time_s=time_s,
         )
-    first = a if not a.ok else b
-    first.time_s = time_s
-    return first
+    verdict = b if a.ok and not b.ok else a
+    verdict.time_s = time_s
+    return verdict
