@@ -60,8 +60,13 @@ def job_processes(base: int = JOB_UID_BASE, span: int = 1000) -> list[tuple[int,
 def pool() -> Iterator[SandboxExecutor]:
     require_sandbox()
     ex = SandboxExecutor(ExecutorConfig(workers=2))
+    groups = [d for w in ex.workers if w.group is not None for d in w.group.dirs]
     yield ex
     ex.close()
+    # The suite leaves nothing: no job process, no cgroup, no host temp dir of ours.
+    assert job_processes() == []
+    assert not any(os.path.exists(d) for d in groups)
+    assert not list(Path("/tmp").glob("azr-executor-*"))
 
 
 def src(text: str) -> str:
