@@ -9,16 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.executor.conftest import ROOT, require_sandbox
+from executor_helpers import ROOT, azr, require_sandbox
 
 pytestmark = pytest.mark.sandbox
-
-
-def azr(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "megatron_azr.cli", "executor", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
 def test_registration_stays_light():

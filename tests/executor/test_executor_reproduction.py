@@ -12,9 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from tests.executor.conftest import ROOT, require_sandbox
-from tests.executor.test_cli import azr
+from executor_helpers import ROOT, azr, require_sandbox
 
 pytestmark = pytest.mark.sandbox
 

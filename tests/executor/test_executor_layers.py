@@ -10,10 +10,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from executor_helpers import JOB_UID_BASE, ROOT, require_sandbox, run1, src
 
 from megatron_azr.azr.protocols import ExecResult, Job
 from megatron_azr.executor import ExecutorConfig, SandboxExecutor
-from tests.executor.conftest import JOB_UID_BASE, ROOT, require_sandbox, run1, src
 
 pytestmark = pytest.mark.sandbox
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from executor_helpers import job_processes, require_sandbox, run1, serves, src
 
 from megatron_azr.azr.protocols import Job
 from megatron_azr.config import ConfigError, load_config
@@ -20,7 +21,6 @@ from megatron_azr.executor import (
     SandboxUnavailable,
     sandbox,
 )
-from tests.executor.conftest import job_processes, require_sandbox, run1, serves, src
 
 SLEEPY = "import time\ndef f(x):\n    time.sleep(x)\n    return x"
 

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from executor_helpers import ROOT, run1, src
 
 from megatron_azr.azr.protocols import Job
-from tests.executor.conftest import ROOT, run1, src
 
 pytestmark = pytest.mark.sandbox
 

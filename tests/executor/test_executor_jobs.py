@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from executor_helpers import run1, src
 
 from megatron_azr.azr.protocols import Job
-from tests.executor.conftest import run1, src
 
 pytestmark = pytest.mark.sandbox
 
