@@ -53,7 +53,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from megatron_azr.executor import check
-    from megatron_azr.executor.pool import SandboxExecutor
+    from megatron_azr.executor.pool import ExecutorError, SandboxExecutor
     from megatron_azr.executor.sandbox import SandboxUnavailable
 
     cfg = _config(args)
@@ -80,7 +80,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 out.flush()
                 bar.update(len(lines))
             bar.close()
-    except SandboxUnavailable as e:
+    except (SandboxUnavailable, ExecutorError) as e:
         print(f"azr executor: {e}", file=sys.stderr)
         return 2
     finally:
@@ -95,6 +95,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from megatron_azr.executor import doctor, sandbox
+    from megatron_azr.executor.pool import ExecutorError
 
     cfg = _config(args)
     console = Console()
@@ -107,7 +108,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     )
     try:
         layers, checks, _ = doctor.probe(cfg)
-    except sandbox.SandboxUnavailable as e:
+    except (sandbox.SandboxUnavailable, ExecutorError) as e:
         console.print(f"[bold red]refused:[/] {e}")
         return 2
     table = Table(title="layers in force")
@@ -128,5 +129,11 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from megatron_azr.executor import bench
+    from megatron_azr.executor.pool import ExecutorError
+    from megatron_azr.executor.sandbox import SandboxUnavailable
 
-    return bench.run(args, _config(args))
+    try:
+        return bench.run(args, _config(args))
+    except (SandboxUnavailable, ExecutorError) as e:
+        print(f"azr executor: {e}", file=sys.stderr)
+        return 2
