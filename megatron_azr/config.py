@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from megatron_azr.azr.config import AZRConfig
+from megatron_azr.executor.config import ExecutorConfig
 from megatron_azr.models.config import ModelSection
 from megatron_azr.rollout.config import RolloutConfig
 from megatron_azr.telemetry.config import LoggingConfig
@@ -55,6 +56,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(bubblewrap slurmctld slurmd slurm-client munge)
+# bubblewrap: the executor's sandbox; python3: a world-readable interpreter for the executor's
+# unconfined-mode test (the default Python may live under a private /root).
+APT_PACKAGES=(bubblewrap python3 slurmctld slurmd slurm-client munge)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

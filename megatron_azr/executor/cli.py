@@ -1,0 +1,139 @@
+"""``azr executor check | doctor | bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from megatron_azr.executor.config import ExecutorConfig
+
+
+def _config(args: argparse.Namespace) -> ExecutorConfig:
+    from megatron_azr.config import load_config
+
+    return load_config(args.config, args.overrides).executor
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="run config YAML (its executor section)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. executor.workers=4")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("executor", help="the sandboxed code executor")
+    sub = p.add_subparsers(dest="executor_command", required=True)
+
+    c = sub.add_parser("check", help="run the programs of a JSONL file in the sandbox")
+    c.add_argument("file", help="JSONL: program|snippet|code, input|inputs, [output|outputs]")
+    c.add_argument("--out", default="-", help="result JSONL (default: stdout)")
+    c.add_argument(
+        "--validate",
+        action="store_true",
+        help="full proposal validation: ban list, two hash seeds, determinism",
+    )
+    c.add_argument("--chunk", type=int, default=256, help="records per executor request")
+    _add_config(c)
+    c.set_defaults(func=_cmd_check)
+
+    d = sub.add_parser("doctor", help="show and verify the isolation layers in force")
+    _add_config(d)
+    d.set_defaults(func=_cmd_doctor)
+
+    b = sub.add_parser("bench", help="throughput/latency on CRUXEval vs the original executor")
+    from megatron_azr.executor.bench import add_arguments
+
+    add_arguments(b)
+    _add_config(b)
+    b.set_defaults(func=_cmd_bench)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from megatron_azr.executor import check
+    from megatron_azr.executor.pool import ExecutorError, SandboxExecutor
+    from megatron_azr.executor.sandbox import SandboxUnavailable
+
+    cfg = _config(args)
+    summary = check.Summary()
+    with open(args.file) as fh:
+        total = sum(1 for line in fh if line.strip())
+    out = sys.stdout if args.out == "-" else open(args.out, "w")  # noqa: SIM115
+    try:
+        with SandboxExecutor(cfg) as ex, open(args.file) as fh:
+            bar = tqdm(total=total, desc="executor check", unit="rec", file=sys.stderr)
+            index = 0
+            for lines in check.chunks(fh, args.chunk):
+                records = [
+                    check.parse_record(index + k, line, cfg, args.validate)
+                    for k, line in enumerate(lines)
+                ]
+                index += len(lines)
+                jobs = [r.job for r in records if r.job is not None]
+                results = iter(ex.run(jobs))
+                for r in records:
+                    line = check.result_line(r, next(results) if r.job is not None else None)
+                    summary.add(line)
+                    out.write(json.dumps(line) + "\n")
+                out.flush()
+                bar.update(len(lines))
+            bar.close()
+    except (SandboxUnavailable, ExecutorError) as e:
+        print(f"azr executor: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(summary.text(), file=sys.stderr)
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from megatron_azr.executor import doctor, sandbox
+    from megatron_azr.executor.pool import ExecutorError
+
+    cfg = _config(args)
+    console = Console()
+    plat = sandbox.detect(cfg)
+    console.print(
+        f"root: {plat.root}   bwrap: {plat.bwrap or 'missing'} {plat.bwrap_version} "
+        f"{('(unusable: ' + plat.bwrap_error + ')') if plat.bwrap_error else '(usable)'}\n"
+        f"seccomp filter: {'yes' if plat.seccomp else 'no'}   cgroups: "
+        f"{('v' + str(plat.cgroups.version)) if plat.cgroups.available else plat.cgroups.reason}"
+    )
+    try:
+        layers, checks, _ = doctor.probe(cfg)
+    except (sandbox.SandboxUnavailable, ExecutorError) as e:
+        console.print(f"[bold red]refused:[/] {e}")
+        return 2
+    table = Table(title="layers in force")
+    table.add_column("layer")
+    table.add_column("setting")
+    for name, detail in layers:
+        table.add_row(name, detail)
+    console.print(table)
+    verified = Table(title="verified from inside a job")
+    verified.add_column("layer")
+    verified.add_column("ok")
+    verified.add_column("evidence", overflow="fold")
+    for c in checks:
+        verified.add_row(c.layer, "[green]yes[/]" if c.ok else "[bold red]NO[/]", c.evidence)
+    console.print(verified)
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from megatron_azr.executor import bench
+    from megatron_azr.executor.pool import ExecutorError
+    from megatron_azr.executor.sandbox import SandboxUnavailable
+
+    try:
+        return bench.run(args, _config(args))
+    except (SandboxUnavailable, ExecutorError) as e:
+        print(f"azr executor: {e}", file=sys.stderr)
+        return 2

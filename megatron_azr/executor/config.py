@@ -1,0 +1,71 @@
+"""Configuration of the sandboxed executor (the ``executor`` section of a run config)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from megatron_azr.azr.config import EXTRA_BANNED, ORIGINAL_BANNED
+
+SandboxMode = Literal["auto", "bwrap", "unconfined"]
+
+
+@dataclass
+class ExecutorConfig:
+    # Fork-server workers, each in its own sandbox; 0 = one per CPU. Never fewer than 2:
+    # proposal validation runs every program under two hash seeds, on two different workers.
+    workers: int = 0
+    # Default budget per input (jobs carry their own ``timeout_s``; this is what the CLI uses).
+    timeout_s: float = 10.0
+    # Per job process: address space, largest file, open descriptors, processes (rlimits).
+    memory_mb: int = 1024
+    max_file_mb: int = 16
+    max_open_files: int = 64
+    max_processes: int = 32
+    # Size of each worker's private /tmp (job directories live there; bwrap only).
+    tmpfs_mb: int = 64
+    # "auto" picks the strongest stack this machine supports (bwrap namespaces + uid + seccomp +
+    # rlimits + cgroups); "unconfined" runs jobs without namespaces or a private filesystem
+    # view. Starting the executor unconfined is refused unless ``allow_unconfined`` is set
+    # (then "auto" also falls back to it when bwrap is unusable).
+    sandbox: SandboxMode = "auto"
+    allow_unconfined: bool = False
+    bwrap: str = "bwrap"
+    # The interpreter jobs run under ("" = the one running the executor), >= 3.11, stdlib only.
+    python: str = ""
+    # The seccomp filter (on wherever the architecture is supported); off only to diagnose a
+    # program the filter breaks, never to gain speed (it costs nothing per job).
+    seccomp: bool = True
+    # First of the unprivileged uids jobs run as (worker k uses uid_base + k; root only).
+    job_uid_base: int = 990000
+    # Proposal validation (spec §5.2): the import ban list (not a safety boundary; the sandbox
+    # is), and whether the output must evaluate back to an equal value (a truncated or custom
+    # repr is a gold answer no solver can match).
+    banned_imports: list[str] = field(default_factory=lambda: ORIGINAL_BANNED + EXTRA_BANNED)
+    validate_round_trip: bool = True
+    # Programs (with imports and prediction) larger than this are invalid without running.
+    max_program_kb: int = 256
+    # Tasks sent to a worker per message, and messages kept in flight per worker.
+    tasks_per_message: int = 8
+
+    def __post_init__(self) -> None:
+        if self.workers < 0 or self.workers == 1:
+            raise ValueError("workers must be 0 (one per CPU) or >= 2")
+        if self.timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        for name in ("memory_mb", "max_file_mb", "max_open_files", "max_processes", "tmpfs_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_open_files < 16:
+            raise ValueError("max_open_files must be >= 16 (the interpreter needs a few)")
+        if self.memory_mb < 64:
+            raise ValueError("memory_mb must be >= 64 (the interpreter itself needs ~30 MiB)")
+        if self.job_uid_base < 1000:
+            raise ValueError("job_uid_base must be >= 1000 (keep clear of system accounts)")
+        if self.max_program_kb < 1 or self.tasks_per_message < 1:
+            raise ValueError("max_program_kb and tasks_per_message must be >= 1")
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or max(2, os.cpu_count() or 2)

@@ -1,0 +1,1 @@
+"""Code that runs inside a worker's sandbox: stdlib only, imported there as ``runtime``."""

@@ -1,0 +1,319 @@
+"""The AZR self-play loop, top to bottom (``azr train``).
+
+One step: wake rollout -> propose (3 task types) -> validate proposals on the executor ->
+learnability rollouts -> solve -> verify -> rewards -> TRR++ advantages -> sleep rollout ->
+actor update -> reshard weights into rollout -> checkpoint / log. The algorithm
+(:class:`~megatron_azr.azr.selfplay.SelfPlayStep`) sees the engines only through their protocols.
+
+SPMD: every rank runs this function (torchrun / srun). The algorithm runs on every rank over
+identical state; what must happen once (an in-process rollout engine, the sandboxed executor)
+runs on global rank 0 and its results are broadcast, so every rank hands the same samples to
+the actor. A colocated vLLM engine instead lives on every rank and generates on all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+from tqdm import tqdm
+
+from megatron_azr.azr.buffers import Buffers
+from megatron_azr.azr.protocols import (
+    Completion,
+    ExecResult,
+    Executor,
+    Job,
+    RolloutEngine,
+    SamplingParams,
+)
+from megatron_azr.azr.selfplay import SelfPlayStep
+from megatron_azr.config import Config, to_dict
+from megatron_azr.telemetry.logs import setup_logging
+from megatron_azr.telemetry.metrics import MetricsLogger
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+LATEST = "latest"
+
+
+def train(cfg: Config) -> dict[str, float]:
+    """Run ``cfg.run.steps`` self-play steps (resuming from the latest checkpoint in
+    ``cfg.run.output_dir`` if there is one); returns the last step's metrics."""
+    from megatron_azr.train.actor import Actor
+    from megatron_azr.train.dist import init_process_group
+
+    out = Path(cfg.run.output_dir)
+    init_process_group()
+    rank = dist.get_rank()
+    setup_logging(cfg.logging.level, out / "logs" / f"rank{rank}.log", rank=rank)
+    leader = rank == 0
+
+    # The actor, then everything a resumed run restores: weights, optimizer, buffers, step.
+    actor = Actor(cfg.model.arch, cfg.parallel, cfg.actor, init_from=cfg.model.path or None)
+    resume = latest_checkpoint(out)
+    if resume is not None:
+        start, buffers = load_checkpoint(actor, resume, cfg)
+        logger.info("resumed from %s at step %d", resume, start)
+    else:
+        start, buffers = 0, Buffers.from_config(cfg.azr)
+
+    with ExitStack() as stack:
+        model_dir = rollout_model_dir(actor, out / "rollout_model")
+        engine = make_rollout(cfg, model_dir)
+        executor = make_executor(cfg, stack)
+        tokenizer = load_tokenizer(model_dir)
+        metrics_log = (
+            stack.enter_context(closing(MetricsLogger(cfg.logging, out, cfg.run.name, to_dict(cfg))))
+            if leader
+            else None
+        )
+        # The engine starts from the actor's weights, streamed through the resharding path.
+        engine.update_weights(actor.state_dict_for_rollout())
+
+        sampling = SamplingParams(
+            temperature=cfg.azr.temperature,
+            top_p=cfg.azr.top_p,
+            top_k=cfg.azr.top_k,
+            max_tokens=cfg.azr.max_response_tokens,
+        )
+        selfplay = SelfPlayStep(
+            cfg.azr,
+            buffers,
+            engine,
+            executor,
+            seed=cfg.run.seed,
+            prompt_fits=lambda p: len(tokenizer(p).input_ids) <= cfg.azr.max_prompt_tokens,
+        )
+
+        metrics: dict[str, float] = {}
+        steps = range(start + 1, cfg.run.steps + 1)
+        for step in tqdm(steps, desc="azr train", disable=not leader, initial=start,
+                         total=cfg.run.steps):
+            t0 = time.perf_counter()
+            times: dict[str, float] = {}
+            # Rollout seeds depend on (run seed, step) only, so a resumed run replays exactly.
+            selfplay.sampling = dataclasses.replace(sampling, seed=_step_seed(cfg.run.seed, step))
+            with _timed(times, "rollout"):
+                engine.wake_up()
+                result = selfplay.run(step)
+                engine.sleep()
+            samples = result.samples()
+            with _timed(times, "update"):
+                update = actor.update(samples) if samples else {}
+            with _timed(times, "reshard"):
+                engine.update_weights(actor.state_dict_for_rollout())
+            times["time/step_s"] = time.perf_counter() - t0
+            metrics = {
+                **result.metrics,
+                **{f"actor/{k}": v for k, v in update.items()},
+                **times,
+                "samples": float(len(samples)),
+            }
+            if metrics_log is not None and step % cfg.logging.log_every == 0:
+                metrics_log.log(step, metrics)
+            logger.info("step %d: %s", step, _summary(metrics))
+            if step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:
+                save_checkpoint(actor, buffers, step, out, cfg.run.keep_checkpoints)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines, placed on ranks
+
+
+def make_rollout(cfg: Config, model_dir: Path) -> RolloutEngine:
+    from megatron_azr.rollout.build import build_rollout_engine
+
+    rollout_cfg = dataclasses.replace(cfg.rollout, load_format="dummy")
+    if cfg.rollout.engine == "vllm":
+        return build_rollout_engine(rollout_cfg, model_dir)
+    return LeaderRollout(build_rollout_engine(rollout_cfg, model_dir) if _is_leader() else None)
+
+
+def make_executor(cfg: Config, stack: ExitStack) -> Executor:
+    from megatron_azr.executor.pool import SandboxExecutor
+
+    local = stack.enter_context(SandboxExecutor(cfg.executor)) if _is_leader() else None
+    return LeaderExecutor(local)
+
+
+class LeaderRollout:
+    """An in-process engine on rank 0; every other rank receives its completions."""
+
+    def __init__(self, engine: RolloutEngine | None) -> None:
+        self.engine = engine
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[list[Completion]]:
+        out = self.engine.generate(prompts, sampling) if self.engine is not None else None
+        return _broadcast(out)
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        if self.engine is not None:
+            self.engine.update_weights(named_tensors)
+        else:  # the stream is collective: every rank must walk it
+            for _ in named_tensors:
+                pass
+
+    def sleep(self) -> None:
+        if self.engine is not None:
+            self.engine.sleep()
+
+    def wake_up(self) -> None:
+        if self.engine is not None:
+            self.engine.wake_up()
+
+
+class LeaderExecutor:
+    """The sandboxed pool on rank 0; every other rank receives its results."""
+
+    def __init__(self, executor: Executor | None) -> None:
+        self.executor = executor
+
+    def run(self, jobs: Sequence[Job]) -> list[ExecResult]:
+        out = self.executor.run(jobs) if self.executor is not None else None
+        return _broadcast(out)
+
+
+def rollout_model_dir(actor: Any, path: Path) -> Path:
+    """Config and tokenizer for the rollout engine (its weights come from the actor).
+
+    Copied from the HF directory the actor was initialised from; for a random init, a config
+    generated from the model card and a locally trained tokenizer.
+    """
+    from megatron_azr.models import hf_io
+    from megatron_azr.models.hf_tiny import train_tokenizer
+
+    if _is_leader():
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if actor.hf_source is not None:
+            for f in hf_io.META_FILES:
+                if (actor.hf_source / f).is_file():
+                    shutil.copy2(actor.hf_source / f, tmp / f)
+        else:
+            dtype = next(iter(actor.models[0].parameters())).dtype
+            (tmp / "config.json").write_text(json.dumps(hf_io.hf_config(actor.arch, dtype)))
+            train_tokenizer(tmp, actor.arch.vocab_size)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    dist.barrier()
+    return path
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: one directory per step holds everything a run needs to resume exactly.
+
+
+def checkpoint_root(out: Path) -> Path:
+    return out / "checkpoints"
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = checkpoint_root(out) / LATEST
+    if not pointer.is_file():
+        return None
+    path = checkpoint_root(out) / pointer.read_text().strip()
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{pointer} names {path}, which is not a complete checkpoint")
+    return path
+
+
+def save_checkpoint(actor: Any, buffers: Buffers, step: int, out: Path, keep: int) -> Path:
+    """Actor (weights + optimizer, reshardable), buffers and step, written to a temporary
+    directory and renamed into place; ``latest`` moves only after that (collective)."""
+    from megatron_azr.train import checkpoint
+
+    root = checkpoint_root(out)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".step_{step:08d}.tmp"
+    if _is_leader():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    checkpoint.save(actor, tmp / "actor")
+    if _is_leader():
+        buffers.save(tmp / "buffers")
+        state = tmp / STATE_FILE
+        state.write_text(json.dumps({"step": step, "actor_steps": actor.steps}))
+        with state.open() as f:
+            os.fsync(f.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _write_atomic(root / LATEST, final.name)
+        done = sorted(p for p in root.glob("step_*") if p.is_dir())
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    logger.info("checkpoint at step %d: %s", step, final)
+    return final
+
+
+def load_checkpoint(actor: Any, path: Path, cfg: Config) -> tuple[int, Buffers]:
+    from megatron_azr.train import checkpoint
+
+    checkpoint.load(actor, path / "actor")
+    state = json.loads((path / STATE_FILE).read_text())
+    buffers = Buffers.load(path / "buffers", cfg.azr.max_buffer_size, cfg.azr.buffer_cap_policy)
+    return int(state["step"]), buffers
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _is_leader() -> bool:
+    return dist.get_rank() == 0
+
+
+def _broadcast(obj: Any) -> Any:
+    if dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _step_seed(run_seed: int, step: int) -> int:
+    return (run_seed * 1_000_003 + step) % (2**31)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    with tmp.open() as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _summary(metrics: dict[str, float]) -> str:
+    keys = ("actor/loss", "time/step_s")
+    shown = {k: metrics[k] for k in keys if k in metrics}
+    shown.update({k: v for k, v in metrics.items() if k.endswith("valid_rate")})
+    return " ".join(f"{k}={v:.3g}" for k, v in shown.items())
+
+
+@contextmanager
+def _timed(spans: dict[str, float], name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        spans[f"time/{name}_s"] = time.perf_counter() - t0
