@@ -25,12 +25,10 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    print(
-        "azr train: the self-play trainer loop is not implemented yet "
-        f"(config {args.config} for run '{cfg.run.name}' loaded and validated).",
-        file=sys.stderr,
-    )
-    return 2
+    from megatron_azr.trainer import train
+
+    train(cfg)
+    return 0
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

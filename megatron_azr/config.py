@@ -39,13 +39,14 @@ class RunConfig:
     seed: int = 1234
     steps: int = 4
     checkpoint_every: int = 10
-    eval_every: int = 10
+    # Step checkpoints kept on disk (the newest ones); each holds actor, optimizer and buffers.
+    keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError("steps must be >= 0")
-        if self.checkpoint_every < 1 or self.eval_every < 1:
-            raise ValueError("checkpoint_every and eval_every must be >= 1")
+        if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError("checkpoint_every and keep_checkpoints must be >= 1")
 
 
 @dataclass

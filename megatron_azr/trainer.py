@@ -74,7 +74,9 @@ def train(cfg: Config) -> dict[str, float]:
         executor = make_executor(cfg, stack)
         tokenizer = load_tokenizer(model_dir)
         metrics_log = (
-            stack.enter_context(closing(MetricsLogger(cfg.logging, out, cfg.run.name, to_dict(cfg))))
+            stack.enter_context(
+                closing(MetricsLogger(cfg.logging, out, cfg.run.name, to_dict(cfg)))
+            )
             if leader
             else None
         )
@@ -98,8 +100,9 @@ def train(cfg: Config) -> dict[str, float]:
 
         metrics: dict[str, float] = {}
         steps = range(start + 1, cfg.run.steps + 1)
-        for step in tqdm(steps, desc="azr train", disable=not leader, initial=start,
-                         total=cfg.run.steps):
+        for step in tqdm(
+            steps, desc="azr train", disable=not leader, initial=start, total=cfg.run.steps
+        ):
             t0 = time.perf_counter()
             times: dict[str, float] = {}
             # Rollout seeds depend on (run seed, step) only, so a resumed run replays exactly.

@@ -84,6 +84,13 @@ class AZRConfig:
     seed_induction_path: str = ""
     # Seed entries kept: B * seed_batch_factor (paper: 64 * 4 = 256).
     seed_batch_factor: int = 4
+    # Sampling of every rollout, proposer and solver alike (spec §9): temperature 1, top-p 1,
+    # top-k off; prompts over max_prompt_tokens are never sent (spec §7.4).
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_prompt_tokens: int = 6144
+    max_response_tokens: int = 8096
 
     def __post_init__(self) -> None:
         if not self.task_types:
@@ -102,5 +109,9 @@ class AZRConfig:
             raise ValueError("solver_new_window must be >= 0")
         if self.program_timeout_s <= 0:
             raise ValueError("program_timeout_s must be > 0")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k == 0 or self.top_k < -1:
+            raise ValueError("need temperature >= 0, top_p in (0, 1], top_k = -1 (off) or >= 1")
+        if self.max_prompt_tokens < 1 or self.max_response_tokens < 1:
+            raise ValueError("max_prompt_tokens and max_response_tokens must be >= 1")
         if not -1.0 <= self.proposer_zero_reward <= 0.0:
             raise ValueError("proposer_zero_reward must lie in [-1, 0] (-0.5 code, 0.0 paper)")

@@ -35,15 +35,15 @@ class MetricsLogger:
             try:
                 import wandb
             except ImportError:
-                logger.warning("wandb is not installed (pip install wandb): logging to %s only",
-                               self.path)
+                logger.warning(
+                    "wandb is not installed (pip install wandb): logging to %s only", self.path
+                )
             else:
                 self._wandb = wandb.init(
                     project=cfg.wandb_project,
                     name=run_name,
                     dir=str(out_dir),
                     config=config,
-                    mode=os.environ["WANDB_MODE"],
                     resume="allow",
                 )
 
