@@ -108,7 +108,12 @@ class ExecResult:
 
     ``status`` is "ok" only if everything the job asked for ran to completion; any other value
     makes a proposal invalid. ``matches`` holds one bool per compared pair of a check job (an
-    error on one pair is a False there, so fractional induction rewards stay computable).
+    error on one pair is a False there, so fractional induction rewards stay computable); a
+    ``run``/``validate`` job given ``expected`` fills it too (same text or equal value).
+
+    Trust boundary: the verdict is computed inside the job's own sandboxed process, so a program
+    that forges its result lines or defines an ``__eq__`` that always holds can misreport its
+    own job (as in the original). The sandbox keeps it from touching anything else.
     """
 
     id: str
@@ -136,7 +141,10 @@ class Executor(Protocol):
 
 @dataclass
 class TrainSample:
-    """One response to train on. The same advantage applies to every response token."""
+    """One response to train on. The same advantage applies to every response token.
+
+    The actor refuses a batch with an empty prompt, an out-of-vocabulary id or a non-finite
+    advantage before it touches the weights."""
 
     task: TaskType
     role: Role
