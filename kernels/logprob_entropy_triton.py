@@ -21,10 +21,9 @@ from kernels.logprob_entropy import RowStats
 MAX_BLOCK = 4096
 
 
-def launch_config(vocab: int, block: int | None = None) -> tuple[int, int]:
-    """(block, num_warps) for a shard of ``vocab`` entries; ``block`` overrides (tests)."""
-    if block is None:
-        block = min(MAX_BLOCK, triton.next_power_of_2(vocab))
+def launch_config(vocab: int) -> tuple[int, int]:
+    """(block, num_warps) for a shard of ``vocab`` entries."""
+    block = min(MAX_BLOCK, triton.next_power_of_2(vocab))
     return block, max(1, min(8, block // 512))
 
 
@@ -101,12 +100,12 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def row_stats(logits: torch.Tensor, block: int | None = None) -> RowStats:
+def row_stats(logits: torch.Tensor) -> RowStats:
     logits = _rows(logits)
     n, v = logits.shape
     out = torch.empty(3, n, dtype=torch.float32, device=logits.device)
     if n > 0:
-        blk, warps = launch_config(v, block)
+        blk, warps = launch_config(v)
         _row_stats_kernel[(n,)](
             logits, logits.stride(0), out[0], out[1], out[2], v, BLOCK=blk, num_warps=warps
         )
@@ -121,7 +120,6 @@ def logits_grad(
     entropy: torch.Tensor,
     g_logprob: torch.Tensor,
     g_entropy: torch.Tensor,
-    block: int | None = None,
 ) -> torch.Tensor:
     logits = _rows(logits)
     n, v = logits.shape
@@ -131,7 +129,7 @@ def logits_grad(
     # Per-row vectors are read at `row`: they must be dense (autograd hands expanded grads).
     vecs = [t.to(torch.float32).contiguous() for t in (row_max, log_norm, entropy)]
     gs = [t.to(torch.float32).contiguous() for t in (g_logprob, g_entropy)]
-    blk, warps = launch_config(v, block)
+    blk, warps = launch_config(v)
     _logits_grad_kernel[(n,)](
         logits,
         grad,
