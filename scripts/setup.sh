@@ -29,3 +29,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! $PY -c "import megatron_azr
   $PY -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
   echo "$want" >"$stamp"
 fi
+
+# Triton for the kernel tests, run on CPU by Triton's interpreter (TRITON_INTERPRET=1). Kept out
+# of the environment (it breaks `import vllm`): tests/kernels put this directory on PYTHONPATH of
+# a subprocess. Installed into a temporary directory first, so an interrupted run leaves nothing.
+TRITON_VERSION=3.9.0
+TRITON_DIR=.cache/triton-interp
+if [ ! -f "$TRITON_DIR/triton-$TRITON_VERSION.dist-info/RECORD" ]; then
+  rm -rf "$TRITON_DIR" "$TRITON_DIR.tmp"
+  $PY -m pip install -q --no-deps -c constraints/cpu.txt --target "$TRITON_DIR.tmp" \
+    "triton==$TRITON_VERSION"
+  mv "$TRITON_DIR.tmp" "$TRITON_DIR"
+fi

@@ -26,6 +26,7 @@ from megatron.core.distributed import DistributedDataParallel as DDP
 from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+from kernels.logprob_entropy import resolve_backend
 from megatron_azr.azr.protocols import TrainSample
 from megatron_azr.models import hf_io
 from megatron_azr.models.builder import BuildOptions, build_model, resolve_impl, transformer_config
@@ -58,6 +59,9 @@ class Actor:
             f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
         )
         self.impl = resolve_impl(cfg.transformer_impl)
+        # Fail here, not at the first forward, when the log-prob kernel cannot run.
+        dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+        resolve_backend(cfg.logprob_kernel, torch.empty(0, 1, dtype=dtype, device=self.device))
         opts = BuildOptions(
             impl=self.impl,
             precision=cfg.precision,
@@ -197,6 +201,7 @@ class Actor:
             mb.targets[0].index_select(0, pos),
             vocab_start=self.layout.tp_rank * local.shape[-1],
             group=ps.get_tensor_model_parallel_group() if tp > 1 else None,
+            backend=self.cfg.logprob_kernel,
         )
         return pos, lp, ent
 

@@ -62,6 +62,9 @@ class ActorConfig:
     transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
     # Activation recomputation: "full" recomputes each layer in backward (long responses).
     recompute: Literal["none", "full"] = "none"
+    # Per-token log-prob/entropy over the vocab shard: "triton" = fused kernels (no fp32 copies
+    # of the logits), "torch" = the reference, "auto" = triton on CUDA when it imports.
+    logprob_kernel: Literal["auto", "torch", "triton"] = "auto"
     seed: int = 1234
 
     def __post_init__(self) -> None:
