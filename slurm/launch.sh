@@ -17,12 +17,15 @@
 #   AZR_ENV_FILE    sourced first: module loads, venv activation, site NCCL/UCX settings
 #   MASTER_PORT     rendezvous port (default: 15000 + job id mod 15000, below the ephemeral range)
 #   NCCL_DEBUG      NCCL log level (default WARN; INFO or TRACE to debug a hang)
+#   WANDB_RUN_ID    wandb run id (default: derived from the run directory, so that requeued and
+#                   resubmitted jobs log to one wandb run)
 #
 # Requeue: the scripts ask for `--requeue --signal=B:USR1@<seconds>`. Before the time limit
 # Slurm sends SIGUSR1 to this shell, which requeues the job (same job id, so the same output
 # directory); the requeued job resumes from checkpoints/latest and replays exactly the steps
 # after it (rollout seeds depend only on run seed and step). A node failure requeues through
-# --requeue alone. A crash of the trainer fails the job: it is not requeued.
+# --requeue alone, and so does a preemption. A crash of the trainer fails the job: it is not
+# requeued.
 
 if [[ -n ${AZR_ENV_FILE:-} ]]; then
     # shellcheck disable=SC1090
@@ -68,6 +71,9 @@ azr_launch() {
     if [[ $out != /* ]]; then out=$SLURM_SUBMIT_DIR/$out; fi
     _AZR_OUT=$out
     _azr_env
+    # One wandb run per run directory: requeued and resubmitted jobs append to it.
+    WANDB_RUN_ID=${WANDB_RUN_ID:-azr-$(printf '%s' "$out" | sha1sum | cut -c1-12)}
+    export WANDB_RUN_ID
     echo "azr: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST," \
         "$SLURM_NTASKS tasks, master $MASTER_ADDR:$MASTER_PORT," \
         "commit $(git -C "$AZR_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"

@@ -22,10 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "scontrol", "scancel", "squeue")
+# The daemons live in sbin, which is not on every user's PATH.
+PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 
 def missing_binaries() -> list[str]:
-    return [b for b in BINARIES if shutil.which(b) is None]
+    return [b for b in BINARIES if shutil.which(b, path=PATH) is None]
 
 
 def _free_port() -> int:
@@ -156,7 +158,7 @@ class SlurmBox:
         drop = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
         dist = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
         env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in dist}
-        return {**env, "SLURM_CONF": str(self.conf), **extra}
+        return {**env, "PATH": PATH, "SLURM_CONF": str(self.conf), **extra}
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 30, **kw):
         return subprocess.run(

@@ -31,6 +31,7 @@ FAST = [
     "run.checkpoint_every=1",
     "logging.wandb_mode=disabled",
 ]
+WANDB = "logging.wandb_mode=offline"  # where a run's jobs are checked to share one wandb run
 VOLATILE = ("time", "actor/time_s")  # wall-clock figures; everything else replays exactly
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
 
@@ -130,7 +131,7 @@ def latest(out: Path) -> str | None:
 
 @pytest.fixture(scope="module")
 def first_run(box, submit_dir):
-    job_id, rc = sbatch(box, submit_dir, "slurm/azr_tiny_cpu.sh", "run.steps=1", *FAST)
+    job_id, rc = sbatch(box, submit_dir, "slurm/azr_tiny_cpu.sh", "run.steps=1", *FAST, WANDB)
     assert rc == 0, job_output(submit_dir, job_id)
     return job_id, submit_dir / "runs" / f"azr-tiny-cpu-{job_id}"
 
@@ -153,7 +154,7 @@ def test_tiny_cpu_job_trains_on_two_tasks(first_run, submit_dir):
 def test_resubmitted_run_resumes_and_requeues_itself_on_sigusr1(box, first_run, submit_dir):
     _, out = first_run
     job_id, rc = sbatch(
-        box, submit_dir, "slurm/azr_tiny_cpu.sh", "run.steps=4", *FAST,
+        box, submit_dir, "slurm/azr_tiny_cpu.sh", "run.steps=4", *FAST, WANDB,
         env={"AZR_OUTPUT_DIR": str(out)}, wait=False,
     )  # fmt: skip
     assert rc == 0
@@ -183,6 +184,9 @@ def test_resubmitted_run_resumes_and_requeues_itself_on_sigusr1(box, first_run, 
         row = {k: v for k, v in row.items() if not k.startswith(VOLATILE)}
         assert seen.setdefault(row["step"], row) == row
     assert latest(out) == "step_00000004"
+    # Three jobs (first run, resubmission, requeue), one wandb run id.
+    wandb_runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 3 and len({p.name.rsplit("-", 1)[1] for p in wandb_runs}) == 1
     kept = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
     assert kept == ["step_00000003", "step_00000004"]  # run.keep_checkpoints = 2
 
