@@ -46,8 +46,8 @@ _azr_env() {
     export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
     export TORCH_NCCL_AVOID_RECORD_STREAMS=${TORCH_NCCL_AVOID_RECORD_STREAMS:-1}
     export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
-    # Never PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: vLLM's sleep mode allocator
-    # refuses to run with it.
+    # No PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: vLLM's sleep mode allocator refuses
+    # it (the preflight stops a job that inherits it).
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
     export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
     # Weights and tokenizer come from model.path; compute nodes often have no egress.

@@ -38,6 +38,12 @@ def check(cfg: Config, world: int) -> list[str]:
             f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size} does not divide "
             f"the {world} tasks (one colocated vLLM worker per task)"
         )
+    alloc = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    if cfg.rollout.engine == "vllm" and "expandable_segments:True" in alloc:
+        raise PreflightError(
+            f"PYTORCH_CUDA_ALLOC_CONF={alloc} in the job's environment: vLLM's sleep mode "
+            "(the colocated rollout) refuses expandable segments; unset it"
+        )
     if cfg.model.path and not Path(cfg.model.path).exists():
         raise PreflightError(
             f"model.path {cfg.model.path} does not exist: pass the weights of "

@@ -83,11 +83,15 @@ def test_preflight_refuses_runs_that_cannot_start(tmp_path, capsys, world, overr
     assert not (tmp_path / "r").exists()
 
 
-def test_preflight_checks_the_colocated_rollout_layout(tmp_path, capsys):
-    rc, _, err = run_preflight(
-        capsys, 4, "configs/azr_14b.yaml", f"model.path={tmp_path}", f"run.output_dir={tmp_path}/r"
-    )
+def test_preflight_checks_the_colocated_rollout(tmp_path, capsys, monkeypatch):
+    args = ("configs/azr_14b.yaml", f"model.path={tmp_path}", f"run.output_dir={tmp_path}/r")
+    rc, _, err = run_preflight(capsys, 4, *args)
     assert rc == 2 and "rollout.tensor_parallel_size=8 does not divide the 4 tasks" in err
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    rc, _, err = run_preflight(capsys, 8, *args)
+    assert rc == 2 and "refuses expandable segments" in err
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    assert run_preflight(capsys, 8, *args)[0] == 0
 
 
 @pytest.mark.parametrize("script", sorted(GPU_SCRIPTS))
