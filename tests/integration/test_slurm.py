@@ -1,0 +1,222 @@
+"""The sbatch scripts of slurm/, submitted to a real Slurm (controller + node daemon started by
+the test, see slurm_box.py): what cluster users run, with CPU resources instead of GPUs.
+
+- slurm/azr_tiny_cpu.sh (the launch code of azr_14b.sh): two srun tasks form one TP=2 group,
+  train, log per rank, write metrics and a checkpoint;
+- a new job pointed at that run directory resumes it; SIGUSR1 (what Slurm sends before the time
+  limit) makes the job requeue itself, and the requeued job resumes from checkpoints/latest and
+  replays the steps after it exactly;
+- slurm/azr_ablation.sh as a two-task array over configs/ablations/table2.txt;
+- a bad model path stops the job in its preflight, before any rank starts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from slurm_box import SlurmBox, missing_binaries
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = [
+    "azr.batch_size=2",
+    "azr.k_references=1",
+    "azr.max_response_tokens=12",
+    "azr.n_learnability_samples=2",
+    "run.checkpoint_every=1",
+    "logging.wandb_mode=disabled",
+]
+WANDB = "logging.wandb_mode=offline"  # where a run's jobs are checked to share one wandb run
+VOLATILE = ("time", "actor/time_s")  # wall-clock figures; everything else replays exactly
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="session")
+def box(tmp_path_factory):
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(
+            f"Slurm binaries missing ({', '.join(missing)}): apt-get install slurmctld slurmd "
+            "slurm-client (scripts/setup.sh does it as root)"
+        )
+    box = SlurmBox(tmp_path_factory.mktemp("slurm"))
+    try:
+        box.start()
+        yield box
+    finally:
+        leftovers = box.stop()
+        assert not leftovers, f"processes of the Slurm box survived its teardown: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def submit_dir(tmp_path_factory):
+    """Where jobs are submitted from, as a user would from their checkout: the default run
+    directories and job outputs land here (the checkout itself is found through AZR_ROOT)."""
+    return tmp_path_factory.mktemp("submit")
+
+
+def sbatch(
+    box: SlurmBox,
+    submit_dir: Path,
+    script: str,
+    *args: str,
+    options: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+    timeout: float = 240,
+) -> tuple[str, int]:
+    """Submit ``script`` from ``submit_dir``; with ``wait``, block until the job (every task of
+    an array) ends. Returns the job id and sbatch's exit code (the job's with ``wait``)."""
+    job_env = box.env(
+        AZR_ROOT=str(ROOT),
+        AZR_PYTHON=sys.executable,
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+        **(env or {}),
+    )
+    cmd = ["sbatch", "--parsable", *options, *(["--wait"] if wait else []), str(ROOT / script)]
+    proc = subprocess.Popen(
+        [*cmd, *args], cwd=submit_dir, env=job_env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        job_id = out.split()[0].split(";")[0] if out.split() else "?"
+        pytest.fail(f"{script} did not end in {timeout:.0f} s\n{job_output(submit_dir, job_id)}")
+    if not out.split():
+        pytest.fail(f"sbatch refused {script}: {err}")
+    return out.split()[0].split(";")[0], proc.returncode
+
+
+def job_output(submit_dir: Path, job_id: str) -> str:
+    files = sorted([*submit_dir.glob(f"*-{job_id}.out"), *submit_dir.glob(f"*-{job_id}_*.out")])
+    return "\n".join(f"--- {f.name}\n{f.read_text()[-6000:]}" for f in files)
+
+
+def wait_state(box: SlurmBox, job_id: str, submit_dir: Path, cond, timeout: float, what: str):
+    def check() -> bool:
+        job = box.job(job_id)
+        if cond(job):
+            return True
+        if job["JobState"] in DONE:
+            pytest.fail(f"job {job_id} ended ({job['JobState']}) before {what}\n"
+                        + job_output(submit_dir, job_id))  # fmt: skip
+        return False
+
+    try:
+        box.wait_for(check, timeout, what)
+    except TimeoutError as e:
+        pytest.fail(f"{e}\n{job_output(submit_dir, job_id)}")
+    return box.job(job_id)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def latest(out: Path) -> str | None:
+    pointer = out / "checkpoints" / "latest"
+    return pointer.read_text() if pointer.is_file() else None
+
+
+@pytest.fixture(scope="module")
+def first_run(box, submit_dir):
+    job_id, rc = sbatch(box, submit_dir, "slurm/azr_tiny_cpu.sh", "run.steps=1", *FAST, WANDB)
+    assert rc == 0, job_output(submit_dir, job_id)
+    return job_id, submit_dir / "runs" / f"azr-tiny-cpu-{job_id}"
+
+
+def test_tiny_cpu_job_trains_on_two_tasks(first_run, submit_dir):
+    job_id, out = first_run
+    for rank in (0, 1):
+        log = (out / "logs" / f"rank{rank}.log").read_text()
+        assert f"[rank {rank}]" in log and "step 1:" in log
+    assert [row["step"] for row in metrics(out)] == [1]
+    assert latest(out) == "step_00000001"
+    assert (out / "checkpoints" / "step_00000001" / "trainer_state.json").is_file()
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    assert recorded["parallel"]["tp"] == 2 and recorded["run"]["output_dir"] == str(out)
+    slurm_out = (submit_dir / f"azr-tiny-cpu-{job_id}.out").read_text()
+    assert "azr preflight: tiny-cpu: 2 tasks = tp 2 x pp 1 x dp 1" in slurm_out
+    assert re.search(r"^1: .*\[rank 1\]", slurm_out, re.M)  # srun --label: task 1's stream
+
+
+def test_resubmitted_run_resumes_and_requeues_itself_on_sigusr1(box, first_run, submit_dir):
+    _, out = first_run
+    job_id, rc = sbatch(
+        box, submit_dir, "slurm/azr_tiny_cpu.sh", "run.steps=4", *FAST, WANDB,
+        env={"AZR_OUTPUT_DIR": str(out)}, wait=False,
+    )  # fmt: skip
+    assert rc == 0
+    # A new job on the same directory continues at step 2; once step 2 is checkpointed, the
+    # signal Slurm sends before the time limit (--signal=B:USR1@...) requeues the job.
+    wait_state(box, job_id, submit_dir, lambda _: latest(out) == "step_00000002", 180, "step 2")
+    box.run("scancel", "--batch", "--signal=USR1", job_id)
+    job = wait_state(
+        box, job_id, submit_dir,
+        lambda j: j["JobState"] == "COMPLETED" and int(j["Restarts"]) >= 1,
+        240, "the requeued job to complete",
+    )  # fmt: skip
+    assert job["ExitCode"] == "0:0" and job["Restarts"] == "1"
+    slurm_out = (submit_dir / f"azr-tiny-cpu-{job_id}.out").read_text()
+    assert "SIGUSR1 (time limit near): requeueing" in slurm_out
+    assert f"job {job_id} (restart 1)" in slurm_out  # --open-mode=append kept both runs
+
+    for rank in (0, 1):
+        log = (out / "logs" / f"rank{rank}.log").read_text()
+        resumed = [int(s) for s in re.findall(r"resumed from \S+/step_\d+ at step (\d+)", log)]
+        assert resumed[0] == 1 and resumed[1] >= 2 and len(resumed) == 2, log[-3000:]
+    rows = metrics(out)
+    assert {r["step"] for r in rows} == {1, 2, 3, 4}
+    # Steps logged before the requeue and again after it are replays: identical but timings.
+    seen: dict[int, dict] = {}
+    for row in rows:
+        row = {k: v for k, v in row.items() if not k.startswith(VOLATILE)}
+        assert seen.setdefault(row["step"], row) == row
+    assert latest(out) == "step_00000004"
+    # Three jobs (first run, resubmission, requeue), one wandb run id.
+    wandb_runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 3 and len({p.name.rsplit("-", 1)[1] for p in wandb_runs}) == 1
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000003", "step_00000004"]  # run.keep_checkpoints = 2
+
+
+def test_ablation_array_runs_each_entry_in_its_own_directory(box, submit_dir):
+    # The cluster script as is; CPU resources instead of its 4 GPUs, the tiny config as base.
+    cpu = ("--array=0-1", "--ntasks-per-node=1", "--cpus-per-task=1", "--gpus-per-node=0")
+    job_id, rc = sbatch(
+        box, submit_dir, "slurm/azr_ablation.sh", "run.steps=1", *FAST,
+        options=(*cpu, "--mem=0"), env={"AZR_CONFIG": "configs/tiny_cpu.yaml"},
+    )  # fmt: skip
+    assert rc == 0, job_output(submit_dir, job_id)
+    base = submit_dir / "runs" / f"azr-table2-{job_id}"
+    assert sorted(p.name for p in base.iterdir()) == ["deduction-only", "full"]
+    entries = {"full": {"abduction", "deduction", "induction"}, "deduction-only": {"deduction"}}
+    for name, types in entries.items():
+        out = base / name
+        cfg = yaml.safe_load((out / "config.yaml").read_text())
+        assert set(cfg["azr"]["task_types"]) == types
+        assert cfg["run"]["name"] == f"azr-table2-{name}"
+        [row] = metrics(out)
+        assert {k.split("/")[0] for k in row if k.endswith("valid_rate")} == types
+        assert latest(out) == "step_00000001"
+
+
+def test_bad_model_path_stops_the_job_before_any_rank_starts(box, submit_dir):
+    job_id, rc = sbatch(
+        box, submit_dir, "slurm/azr_tiny_cpu.sh", "model.path=/nonexistent/Qwen", timeout=60
+    )
+    assert rc == 2
+    slurm_out = (submit_dir / f"azr-tiny-cpu-{job_id}.out").read_text()
+    assert "azr preflight: error: model.path /nonexistent/Qwen does not exist" in slurm_out
+    assert not (submit_dir / "runs" / f"azr-tiny-cpu-{job_id}" / "logs").exists()

@@ -1,0 +1,175 @@
+"""slurm/: the preflight, the recipes the sbatch scripts launch, the ablation list. Fast, no Slurm
+needed (tests/integration/test_slurm.py submits the scripts to a real one)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_azr.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "slurm"))
+import preflight  # noqa: E402
+
+GPU_SCRIPTS = {"azr_14b.sh": "configs/azr_14b.yaml", "azr_7b.sh": "configs/azr_7b.yaml"}
+GPU_MEMORY = 80e9
+TABLE2 = "configs/ablations/table2.txt"
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    monkeypatch.chdir(ROOT)  # config paths (seeds) are relative to the checkout, as in a job
+
+
+def sbatch_options(script: str) -> dict[str, str]:
+    text = (ROOT / "slurm" / script).read_text()
+    return dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?", text, re.M))
+
+
+def launched_config(script: str) -> str:
+    return re.search(r"^azr_launch \"?\$?\{?(?:AZR_CONFIG:-)?([\w/.]+)", (
+        ROOT / "slurm" / script).read_text(), re.M).group(1)  # fmt: skip
+
+
+def run_preflight(capsys, world: int, config: str, *overrides: str) -> tuple[int, str, str]:
+    rc = preflight.main(["--world", str(world), config, *overrides])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_preflight_records_the_resolved_config(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    rc, out, err = run_preflight(
+        capsys, 2, "configs/tiny_cpu.yaml", "parallel.tp=2", f"run.output_dir={out_dir}"
+    )
+    assert rc == 0, err
+    assert "2 tasks = tp 2 x pp 1 x dp 1" in out and "fresh start" in out
+    recorded = load_config(out_dir / "config.yaml")
+    assert recorded == load_config(
+        "configs/tiny_cpu.yaml", ["parallel.tp=2", f"run.output_dir={out_dir}"]
+    )
+    # A later job on the same directory: resumes, and says what it changed.
+    (out_dir / "checkpoints").mkdir()
+    (out_dir / "checkpoints" / "latest").write_text("step_00000004")
+    rc, out, err = run_preflight(
+        capsys, 4, "configs/tiny_cpu.yaml", "parallel.tp=2", "run.steps=9",
+        f"run.output_dir={out_dir}",
+    )  # fmt: skip
+    assert rc == 0 and "dp 2" in out and "resuming from step_00000004" in out
+    assert "run.steps: 4 -> 9" in err
+    assert load_config(out_dir / "config.yaml").run.steps == 9
+
+
+@pytest.mark.parametrize(
+    ("world", "overrides", "message"),
+    [
+        (3, ["parallel.tp=2"], "3 tasks do not divide into tp*pp = 2*1"),
+        (2, ["model.path=/nonexistent/Qwen"], "model.path /nonexistent/Qwen does not exist"),
+        (2, ["azr.seed_io_path=nope.jsonl"], "azr.seed_io_path nope.jsonl is not a file"),
+        (2, ["azr.k_refs=3"], "unknown key 'azr.k_refs'"),
+        (2, ["parallel.tp=two"], "expected int"),
+    ],
+)
+def test_preflight_refuses_runs_that_cannot_start(tmp_path, capsys, world, overrides, message):
+    rc, _, err = run_preflight(
+        capsys, world, "configs/tiny_cpu.yaml", *overrides, f"run.output_dir={tmp_path}/r"
+    )
+    assert rc == 2 and message in err and err.startswith("azr preflight: error:")
+    assert not (tmp_path / "r").exists()
+
+
+def test_preflight_checks_the_colocated_rollout(tmp_path, capsys, monkeypatch):
+    args = ("configs/azr_14b.yaml", f"model.path={tmp_path}", f"run.output_dir={tmp_path}/r")
+    rc, _, err = run_preflight(capsys, 4, *args)
+    assert rc == 2 and "rollout.tensor_parallel_size=8 does not divide the 4 tasks" in err
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    rc, _, err = run_preflight(capsys, 8, *args)
+    assert rc == 2 and "refuses expandable segments" in err
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    assert run_preflight(capsys, 8, *args)[0] == 0
+
+
+@pytest.mark.parametrize("script", sorted(GPU_SCRIPTS))
+def test_gpu_recipe_fits_its_allocation(tmp_path, script):
+    opts = sbatch_options(script)
+    assert launched_config(script) == GPU_SCRIPTS[script]
+    cfg = load_config(GPU_SCRIPTS[script], [f"model.path={tmp_path}"])
+    gpus = int(opts["gpus-per-node"])
+    assert int(opts["ntasks-per-node"]) == gpus  # one task per GPU
+    preflight.check(cfg, gpus * int(opts["nodes"]))
+
+    # The paper's recipe (spec §9), bf16, colocated vLLM.
+    a = cfg.azr
+    assert (a.batch_size, a.k_references, a.n_learnability_samples) == (64, 6, 8)
+    assert (a.max_prompt_tokens, a.max_response_tokens, a.temperature) == (6144, 8096, 1.0)
+    assert (cfg.actor.lr, cfg.actor.entropy_coeff, cfg.actor.kl_coef) == (1e-6, 0.001, 0.0)
+    assert (cfg.actor.precision, cfg.actor.fp8) == ("bf16", "none")
+    assert (cfg.run.steps, cfg.run.checkpoint_every) == (500, 10)
+    assert cfg.rollout.engine == "vllm"
+    assert cfg.rollout.max_model_len == a.max_prompt_tokens + a.max_response_tokens
+    assert cfg.actor.micro_batch_tokens >= cfg.rollout.max_model_len
+
+    # Heads and KV groups split evenly; actor state + vLLM's share fit one GPU (the
+    # arithmetic in the config's header).
+    arch, par = cfg.model.arch, cfg.parallel
+    for tp in (par.tp, cfg.rollout.tensor_parallel_size):
+        assert arch.num_attention_heads % tp == 0 and arch.num_query_groups % tp == 0
+    dp = gpus // (par.tp * par.pp)
+    per_param = 2 + 4 + 12 / (dp if par.distributed_optimizer else 1)
+    actor = arch.num_parameters() / (par.tp * par.pp) * per_param
+    vllm = cfg.rollout.gpu_memory_utilization * GPU_MEMORY
+    assert actor + vllm < 0.95 * GPU_MEMORY, (actor / 1e9, vllm / 1e9)
+
+
+def ablation_entries() -> list[list[str]]:
+    lines = (ROOT / TABLE2).read_text().splitlines()
+    return [ln.split() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def test_table2_ablations_load_and_match_the_array_range():
+    entries = ablation_entries()
+    names = [e[0] for e in entries]
+    assert names == ["full", "deduction-only", "no-induction", "no-references", "solver-only"]
+    assert sbatch_options("azr_ablation.sh")["array"] == f"0-{len(entries) - 1}"
+    assert launched_config("azr_ablation.sh") == "configs/azr_7b.yaml"
+    base = load_config("configs/azr_7b.yaml")
+    for name, *overrides in entries:
+        cfg = load_config("configs/azr_7b.yaml", overrides)
+        assert (cfg == base) == (name == "full"), name
+    assert load_config("configs/azr_7b.yaml", entries[1][1:]).azr.task_types == ["deduction"]
+
+
+@pytest.mark.parametrize(("index", "rc", "expected"), [
+    (1, 0, "deduction-only  azr.task_types=[deduction]"),
+    (4, 0, "solver-only     azr.train_propose=false"),
+    (5, 2, "array index 5 is outside the 5 entries"),
+])  # fmt: skip
+def test_array_index_picks_its_entry(index, rc, expected):
+    r = subprocess.run(
+        ["bash", "-c", f"set -eu; source slurm/launch.sh; azr_array_entry {TABLE2} {index}"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert r.returncode == rc
+    assert expected in (r.stdout if rc == 0 else r.stderr)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "slurm").glob("*.sh")))
+def test_scripts_parse(script):
+    r = subprocess.run(["bash", "-n", f"slurm/{script}"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    if script != "launch.sh":
+        opts = sbatch_options(script)
+        assert {"requeue", "signal", "open-mode"} <= opts.keys()
+        assert (ROOT / launched_config(script)).is_file()
+
+
+def test_shipped_recipe_without_weights_fails_with_a_clear_error(tmp_path, capsys):
+    rc, _, err = run_preflight(capsys, 8, "configs/azr_14b.yaml", f"run.output_dir={tmp_path}")
+    assert rc == 2
+    assert "model.path /models/Qwen2.5-Coder-14B does not exist" in err
+    assert "Qwen/Qwen2.5-Coder-14B" in err and "azr convert hf-to-mcore" in err
