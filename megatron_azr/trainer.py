@@ -8,7 +8,8 @@ actor update -> reshard weights into rollout -> checkpoint / log. The algorithm
 SPMD: every rank runs this function (torchrun / srun). The algorithm runs on every rank over
 identical state; what must happen once (an in-process rollout engine, the sandboxed executor)
 runs on global rank 0 and its results are broadcast, so every rank hands the same samples to
-the actor. A colocated vLLM engine instead lives on every rank and generates on all of them.
+the actor. A colocated vLLM engine instead lives on every rank: its replicas split the prompts
+and all-gather the completions (``rollout.placement``).
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def train(cfg: Config) -> dict[str, float]:
             samples = result.samples()
             with _timed(times, "update"):
                 update = actor.update(samples) if samples else {}
+                _release_cached_memory()  # the actor's activations, before vLLM's KV cache
             with _timed(times, "reshard"):
                 engine.update_weights(actor.state_dict_for_rollout())
             times["time/step_s"] = time.perf_counter() - t0
@@ -139,8 +141,14 @@ def make_rollout(cfg: Config, model_dir: Path) -> RolloutEngine:
     from megatron_azr.rollout.build import build_rollout_engine
 
     rollout_cfg = dataclasses.replace(cfg.rollout, load_format="dummy")
-    if cfg.rollout.engine == "vllm":
-        return build_rollout_engine(rollout_cfg, model_dir)
+    if cfg.rollout.replicated:
+        size = cfg.rollout.tensor_parallel_size
+        if dist.get_world_size() % size:
+            raise ValueError(
+                f"rollout.tensor_parallel_size={size} does not divide the world size "
+                f"{dist.get_world_size()}"
+            )
+        return ReplicatedRollout(build_rollout_engine(rollout_cfg, model_dir), size)
     return LeaderRollout(build_rollout_engine(rollout_cfg, model_dir) if _is_leader() else None)
 
 
@@ -175,6 +183,40 @@ class LeaderRollout:
     def wake_up(self) -> None:
         if self.engine is not None:
             self.engine.wake_up()
+
+
+class ReplicatedRollout:
+    """An engine on every rank, one replica per ``replica_size`` consecutive ranks.
+
+    Replica ``r`` of ``R`` generates prompts ``r, r + R, ...`` (every rank of a replica with
+    the same inputs, as tensor-parallel engines need); the replicas' outputs are all-gathered,
+    so every rank returns the same completions, whatever numerical noise separates replicas.
+    """
+
+    def __init__(self, engine: RolloutEngine, replica_size: int) -> None:
+        self.engine = engine
+        self.size = replica_size
+        self.replicas = dist.get_world_size() // replica_size
+        self.index = dist.get_rank() // replica_size
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[list[Completion]]:
+        mine = list(prompts[self.index :: self.replicas])
+        out = self.engine.generate(mine, sampling) if mine else []
+        if self.replicas == 1 and self.size == 1:
+            return out
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, out if dist.get_rank() % self.size == 0 else None)
+        parts = gathered[:: self.size]  # the first rank of each replica speaks for it
+        return [parts[i % self.replicas][i // self.replicas] for i in range(len(prompts))]
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        self.engine.update_weights(named_tensors)
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
 
 
 class LeaderExecutor:
@@ -292,6 +334,13 @@ def _broadcast(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _release_cached_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _step_seed(run_seed: int, step: int) -> int:

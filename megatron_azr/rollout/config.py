@@ -41,6 +41,16 @@ class RolloutConfig:
     enforce_eager: bool = False  # vLLM GPU only: skip CUDA graph capture
     cpu_kvcache_space_gb: int = 1  # vllm_cpu only: VLLM_CPU_KVCACHE_SPACE
     seed: int = 0
+    # Which ranks generate. "leader": one engine on global rank 0, completions broadcast (the
+    # in-process engines' default). "replicas": an engine per group of tensor_parallel_size
+    # ranks; prompts are dealt round-robin to the replicas and the completions all-gathered, so
+    # every rank ends with the same list (colocated vLLM's default; on CPU, DP rollouts).
+    # "auto" picks "replicas" for vllm and "leader" otherwise.
+    placement: Literal["auto", "leader", "replicas"] = "auto"
+
+    @property
+    def replicated(self) -> bool:
+        return self.placement == "replicas" or (self.placement == "auto" and self.engine == "vllm")
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
