@@ -20,6 +20,7 @@ import yaml
 
 from megatron_azr.azr.config import AZRConfig
 from megatron_azr.models.config import ModelSection
+from megatron_azr.rollout.config import RolloutConfig
 from megatron_azr.telemetry.config import LoggingConfig
 from megatron_azr.train.config import ActorConfig, ParallelConfig
 
@@ -53,6 +54,7 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

@@ -62,6 +62,8 @@ def test_unknown_section(tmp_path):
         ("azr:\n  include_references: 1\n", "azr.include_references"),
         ("azr:\n  task_types: [deduction, sorting]\n", "azr.task_types[1]"),
         ("azr:\n  buffer_cap_policy: fifo\n", "azr.buffer_cap_policy"),
+        ("azr:\n  program_timeout_s: soon\n", "azr.program_timeout_s"),
+        ("azr:\n  advantage_whitening: sequence\n", "azr.advantage_whitening"),
         ("run: 3\n", "run"),
     ],
 )
@@ -76,6 +78,9 @@ def test_bad_values_are_rejected_with_section(tmp_path):
     p = write(tmp_path, "azr:\n  batch_size: 0\n")
     with pytest.raises(ConfigError, match=r"section 'azr'.*batch_size"):
         load_config(p)
+    with pytest.raises(ConfigError, match=r"section 'azr'.*program_timeout_s"):
+        load_config(TINY, ["azr.program_timeout_s=0"])
+    assert load_config(TINY, ["azr.program_timeout_s=2"]).azr.program_timeout_s == 2.0
 
 
 def test_override_errors_name_the_override():

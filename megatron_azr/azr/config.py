@@ -55,7 +55,8 @@ class AZRConfig:
     # to the first entries (new valid proposals are discarded); "evict_oldest" keeps the newest.
     max_buffer_size: int = 16384
     buffer_cap_policy: Literal["drop_new", "evict_oldest"] = "drop_new"
-    # Solver batches take the previous step's valid proposals first, then fill uniformly.
+    # Solver batches take the entries added within this many steps first (1 = the previous
+    # step's valid proposals, the original's `max_new`), then fill uniformly; 0 = plain uniform.
     solver_new_window: int = 1
     # Proposer reward for a valid, well-formatted task the solver gets 0/n or n/n right:
     # -0.5 is what the original code does and what produced the paper's numbers; 0.0 is the
@@ -70,6 +71,9 @@ class AZRConfig:
     reject_multiple_functions: bool = True
     # Which def is renamed to `f`: the first one (Qwen runs) or the last one (Llama run).
     entry_function: Literal["first", "last"] = "first"
+    # Time limit of one program execution (spec §5.2): printed into the prompts and sent with
+    # every executor job.
+    program_timeout_s: float = 10.0
     # Proposer-side import ban list, printed into the proposer prompt.
     banned_imports: list[str] = field(default_factory=lambda: ORIGINAL_BANNED + EXTRA_BANNED)
     # Ablation switches (paper Table 2): show references to the proposer, train the proposer.
@@ -96,5 +100,7 @@ class AZRConfig:
             raise ValueError("n_induction_inputs must be >= 2 (half given, half hidden)")
         if self.solver_new_window < 0:
             raise ValueError("solver_new_window must be >= 0")
+        if self.program_timeout_s <= 0:
+            raise ValueError("program_timeout_s must be > 0")
         if not -1.0 <= self.proposer_zero_reward <= 0.0:
             raise ValueError("proposer_zero_reward must lie in [-1, 0] (-0.5 code, 0.0 paper)")

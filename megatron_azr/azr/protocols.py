@@ -86,8 +86,9 @@ class Job:
       deduction  does ``prediction`` (a Python literal/expression) equal ``expected[0]``,
                  both evaluated with the program's imports and definitions in scope?
       abduction  does ``f(*prediction)`` equal ``expected[0]`` (``prediction`` = argument text)?
-      induction  does the predicted program ``prediction`` map each of ``inputs`` to the
-                 matching ``expected`` (``imports`` of the gold program prepended)?
+      induction  does the predicted program ``prediction`` map each of ``inputs`` (the hidden
+                 inputs) to the matching ``expected`` (``imports`` of the gold program
+                 prepended)? ``program`` is the gold program, carried for the record only.
     """
 
     id: str

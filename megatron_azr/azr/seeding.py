@@ -1,0 +1,219 @@
+"""Building seed buffers with the model itself, from the identity triplet (spec §3).
+
+No gradient updates: the current policy proposes deduction/abduction tasks conditioned on up to K
+references drawn from the seed set built so far (at first only the identity triplet), the executor
+validates them as in self-play, and valid, not-yet-seen triplets join the set until it holds
+``batch_size * seed_batch_factor`` entries (paper: 256). Induction seeds are then proposed for
+programs drawn from that set. Only here are programs cleaned of comments, docstrings and
+module-level statements other than imports/definitions (the proposer prompt says so); the
+unmodified program is kept as ``original_snippet``.
+
+The result is an ordinary :class:`Buffers` (abduction and deduction identical); ``Buffers.save``
+writes it in the official JSONL layout, loadable through ``azr.seed_io_path`` /
+``azr.seed_induction_path``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import random
+from collections.abc import Callable
+
+from megatron_azr.azr.buffers import Buffers
+from megatron_azr.azr.config import AZRConfig
+from megatron_azr.azr.parsing import (
+    ParseFailure,
+    parse_induction_proposal,
+    parse_program_proposal,
+)
+from megatron_azr.azr.prompts import proposer_prompt
+from megatron_azr.azr.protocols import Executor, Job, RolloutEngine, SamplingParams, TaskType
+from megatron_azr.azr.selfplay import PROMPT_ATTEMPTS, execute_checked, generate_checked, make_job
+from megatron_azr.azr.tasks import (
+    InductionTask,
+    Triplet,
+    identity_induction_task,
+    identity_triplet,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _key(record: Triplet | InductionTask) -> str:
+    return json.dumps(record.to_json(), sort_keys=True)
+
+
+class Seeder:
+    def __init__(
+        self,
+        cfg: AZRConfig,
+        rollout: RolloutEngine,
+        executor: Executor,
+        *,
+        sampling: SamplingParams | None = None,
+        seed: int = 0,
+        prompt_fits: Callable[[str], bool] | None = None,
+        max_rounds: int = 64,
+    ) -> None:
+        self.cfg = cfg
+        self.rollout = rollout
+        self.executor = executor
+        self.sampling = dataclasses.replace(sampling or SamplingParams(), n=1)
+        self.rng = random.Random(f"megatron-azr/seeding/{seed}")
+        self.prompt_fits = prompt_fits or (lambda _prompt: True)
+        self.max_rounds = max_rounds
+        self.target = cfg.batch_size * cfg.seed_batch_factor
+
+    def run(self) -> Buffers:
+        triplets = self.seed_triplets()
+        induction = self.seed_induction(triplets)
+        return Buffers.from_seeds(
+            triplets, induction, self.cfg.max_buffer_size, self.cfg.buffer_cap_policy
+        )
+
+    def _plan(
+        self, draw: Callable[[], tuple[str, Triplet | None]]
+    ) -> list[tuple[str, Triplet | None]]:
+        """``batch_size`` prompts from ``draw`` (prompt, program), redrawing too-long ones."""
+        out = []
+        for _ in range(self.cfg.batch_size):
+            for _attempt in range(PROMPT_ATTEMPTS):
+                prompt, program = draw()
+                if self.prompt_fits(prompt):
+                    out.append((prompt, program))
+                    break
+        return out
+
+    def _texts(self, prompts: list[str]) -> list[str]:
+        return [group[0].text for group in generate_checked(self.rollout, prompts, self.sampling)]
+
+    def seed_triplets(self) -> list[Triplet]:
+        cfg = self.cfg
+        seeds = [identity_triplet()]
+        seen = {_key(seeds[0])}
+        k = cfg.k_references if cfg.include_references else 0
+
+        def draw(task: TaskType) -> tuple[str, Triplet | None]:
+            refs = self.rng.sample(seeds, min(k, len(seeds)))
+            prompt = proposer_prompt(
+                task,
+                references=refs,
+                banned=cfg.banned_imports,
+                timeout_s=cfg.program_timeout_s,
+                seeding=True,
+            )
+            return prompt, None
+
+        for round_ in range(1, self.max_rounds + 1):
+            if len(seeds) >= self.target:
+                break
+            prompts = [
+                prompt
+                for task in (TaskType.ABDUCTION, TaskType.DEDUCTION)
+                for prompt, _ in self._plan(functools.partial(draw, task))
+            ]
+            parsed = [
+                parse_program_proposal(
+                    text,
+                    reject_multiple_functions=cfg.reject_multiple_functions,
+                    entry_function=cfg.entry_function,
+                    seeding=True,
+                )
+                for text in self._texts(prompts)
+            ]
+            jobs: list[Job | None] = [
+                None
+                if isinstance(p, ParseFailure)
+                else make_job(
+                    kind="validate",
+                    program=p.code,
+                    inputs=(p.input,),
+                    banned_imports=tuple(cfg.banned_imports),
+                    timeout_s=cfg.program_timeout_s,
+                )
+                for p in parsed
+            ]
+            results = execute_checked(self.executor, [j for j in jobs if j is not None])
+            for p, job in zip(parsed, jobs, strict=True):
+                if isinstance(p, ParseFailure) or job is None:
+                    continue
+                result = results[job.id]
+                if result.status != "ok" or len(result.outputs) != 1:
+                    continue
+                triplet = Triplet(
+                    snippet=p.code,
+                    input=p.input,
+                    output=result.outputs[0],
+                    imports=list(p.imports),
+                    original_snippet=p.original_code,
+                )
+                if _key(triplet) not in seen:
+                    seen.add(_key(triplet))
+                    seeds.append(triplet)
+            logger.info("seeding round %d: %d/%d triplets", round_, len(seeds), self.target)
+        if len(seeds) < self.target:
+            logger.warning(
+                "seeding stopped after %d rounds with %d/%d triplets",
+                self.max_rounds,
+                len(seeds),
+                self.target,
+            )
+        return seeds[: self.target]
+
+    def seed_induction(self, programs: list[Triplet]) -> list[InductionTask]:
+        cfg = self.cfg
+        tasks = [identity_induction_task()]
+        seen = {_key(tasks[0])}
+
+        def draw() -> tuple[str, Triplet | None]:
+            program = self.rng.choice(programs)
+            n = cfg.n_induction_inputs
+            prompt = proposer_prompt(TaskType.INDUCTION, program=program.snippet, n_inputs=n)
+            return prompt, program
+
+        for round_ in range(1, self.max_rounds + 1):
+            if len(tasks) >= self.target:
+                break
+            plan = self._plan(draw)
+            texts = self._texts([prompt for prompt, _ in plan])
+            parsed = [parse_induction_proposal(t, cfg.n_induction_inputs) for t in texts]
+            jobs: list[Job | None] = [
+                None
+                if isinstance(p, ParseFailure) or program is None
+                else make_job(
+                    kind="validate",
+                    program=program.snippet,
+                    inputs=tuple(p.inputs),
+                    timeout_s=cfg.program_timeout_s,
+                )
+                for p, (_, program) in zip(parsed, plan, strict=True)
+            ]
+            results = execute_checked(self.executor, [j for j in jobs if j is not None])
+            for p, job, (_, program) in zip(parsed, jobs, plan, strict=True):
+                if isinstance(p, ParseFailure) or job is None or program is None:
+                    continue
+                result = results[job.id]
+                if result.status != "ok" or len(result.outputs) != len(p.inputs):
+                    continue
+                task = InductionTask(
+                    snippet=program.snippet,
+                    inputs=list(p.inputs),
+                    outputs=list(result.outputs),
+                    message=p.message,
+                    imports=list(program.imports),
+                )
+                if _key(task) not in seen:
+                    seen.add(_key(task))
+                    tasks.append(task)
+            logger.info("seeding round %d: %d/%d induction tasks", round_, len(tasks), self.target)
+        if len(tasks) < self.target:
+            logger.warning(
+                "induction seeding stopped after %d rounds with %d/%d tasks",
+                self.max_rounds,
+                len(tasks),
+                self.target,
+            )
+        return tasks[: self.target]

@@ -1,0 +1,96 @@
+"""Rollout engines hosted in a child process, for tests.
+
+vLLM changes the process that builds it (it initialises torch.distributed, pins threads to
+cores, caches its environment), which must not leak into the pytest process. The child holds
+any number of named engines and runs one command at a time; errors come back with their type
+(when it is a builtin) and the child's traceback.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import multiprocessing as mp
+import os
+import traceback
+from typing import Any
+
+_CHILD_ENV = {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _serve(conn: Any, env: dict[str, str]) -> None:
+    os.environ.update(env)
+    import torch
+
+    from megatron_azr.rollout import RolloutConfig, build_rollout_engine
+    from megatron_azr.rollout.weights import iter_safetensors
+
+    engines: dict[str, Any] = {}
+
+    def build(key: str, model_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        engine = build_rollout_engine(RolloutConfig(**cfg), model_dir)
+        engines[key] = engine
+        llm = getattr(engine, "llm", None)
+        if llm is None:
+            return {}
+        mc = llm.llm_engine.model_config
+        return {"dtype": str(mc.dtype), "prefix_caching": engine.cfg.enable_prefix_caching}
+
+    def update_from_dir(key: str, model_dir: str) -> None:
+        engines[key].update_weights(iter_safetensors(model_dir))
+
+    def init_process_group() -> None:  # a one-rank "training world" for colocated vLLM
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend, rank=0, world_size=1)
+
+    def cuda_free_bytes() -> int:
+        torch.cuda.synchronize()
+        return int(torch.cuda.mem_get_info()[0])
+
+    commands = {
+        f.__name__: f for f in (build, update_from_dir, init_process_group, cuda_free_bytes)
+    }
+    while True:
+        cmd, args, kwargs = conn.recv()
+        if cmd == "close":
+            return
+        try:
+            if cmd in commands:
+                result = commands[cmd](*args, **kwargs)
+            else:  # an engine method: (key, *method args)
+                result = getattr(engines[args[0]], cmd)(*args[1:], **kwargs)
+            conn.send(("ok", result))
+        except BaseException as e:
+            conn.send(("error", (type(e).__name__, str(e), traceback.format_exc())))
+
+
+class RemoteEngines:
+    def __init__(self, env: dict[str, str] | None = None, timeout: float = 600.0) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._timeout = timeout
+        self._proc = ctx.Process(target=_serve, args=(child, {**_CHILD_ENV, **(env or {})}))
+        self._proc.start()
+
+    def __call__(self, cmd: str, *args: Any, **kwargs: Any) -> Any:
+        self._conn.send((cmd, args, kwargs))
+        if not self._conn.poll(self._timeout):
+            self.close()
+            raise TimeoutError(f"engine child did not answer {cmd!r} in {self._timeout} s")
+        status, payload = self._conn.recv()
+        if status == "error":
+            name, message, tb = payload
+            exc_type = getattr(builtins, name, RuntimeError)
+            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+                exc_type = RuntimeError
+            raise exc_type(f"{message}\n--- in the engine child ({name}) ---\n{tb}")
+        return payload
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._conn.send(("close", (), {}))
+            self._proc.join(30)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
