@@ -7,16 +7,18 @@ One collective generator serves every consumer of the actor's weights: rollout e
 How a pass runs. The model's parameters, in HF order (embedding, layer by layer, final norm,
 head), are cut into buckets of consecutive parameters owned by one pipeline stage, at most
 ``bucket_bytes`` each. For each bucket the owning stage's TP ranks pack their shards into one
-flat slot and the slots travel together (:mod:`megatron_azr.rollout.transport`: one all-gather
-or gather over TP and one broadcast or send over PP on a flat buffer, or a shared-memory window
-for CPU ranks on one host). The readers convert each parameter with
-:mod:`megatron_azr.models.mapping` (split fused QKV and gate/up, concatenate TP shards) and yield
-its tensors. Staging memory is reused from bucket to bucket, and yielded tensors never alias it.
+flat slot and the slots travel together (:mod:`megatron_azr.rollout.transport`: an all-gather
+over TP and a broadcast over PP on one flat buffer, or sends to a single reader, or a
+shared-memory window for CPU ranks on one host). The readers convert each parameter with
+:mod:`megatron_azr.models.mapping` (split fused QKV and gate/up, concatenate TP shards) straight
+into its output tensors, allocated one at a time, and yield them. Staging memory is reused from
+bucket to bucket, and yielded tensors never alias it.
 
-Memory above the actor's own (on a reader that drops or copies each tensor it gets): the
-staging buffer of one bucket, ``max(bucket_bytes, largest parameter)``, plus the output tensors
-of the parameter being converted. The shared-memory transport splits ``bucket_bytes`` into two
-half-size buckets that alternate, so its staging is bounded by ``bucket_bytes`` as well.
+Memory above the actor's own, on a reader whose consumer copies each tensor and lets it go (an
+engine update, an export): the staging of one bucket, ``max(bucket_bytes, largest parameter)``,
+plus the tensor being built (and, for QKV, the split of its shards). The shared-memory transport
+splits ``bucket_bytes`` into two half-size buckets that alternate, so its staging stays within
+``bucket_bytes`` too. A consumer that keeps tensors (vLLM buffers a layer) adds what it keeps.
 
 Targets:
 * HF (:func:`hf_tensors`): ``(HF name, full tensor)``, on every rank or only on ``dst`` (export:
@@ -77,31 +79,41 @@ def local_dims(dims: mapping.AttnDims, tp: int) -> mapping.AttnDims:
 # -- per-parameter conversion (pure tensor functions) ---------------------------------------
 
 
-def hf_from_shards(
+def iter_hf_from_shards(
     kind: mapping.Kind, shards: Sequence[torch.Tensor], dims: mapping.AttnDims
-) -> tuple[torch.Tensor, ...]:
-    """The full HF tensors of one parameter from all its TP shards, in rank order.
+) -> Iterator[torch.Tensor]:
+    """The full HF tensors of one parameter from all its TP shards (in rank order), one at a
+    time: ``mapping.to_hf(kind, mapping.unshard(kind, shards, dims), dims)``.
 
-    Equal to ``mapping.to_hf(kind, mapping.unshard(kind, shards, dims), dims)``, but each HF
-    tensor is the concatenation, along its partition dim, of the HF tensors of the shards
-    (converted with the local heads), written straight into the output: no full-size
-    intermediate.
+    Each HF tensor is the concatenation, along its partition dim, of the HF tensors of the
+    shards converted with the local heads (megatron shards whole KV groups, gate and up
+    separately), written straight into the output: no full-size intermediate, and each output
+    is allocated only once the previous one has been handed over. With one shard (or a
+    replicated parameter) the tensors may be views of it.
     """
     tp = len(shards)
     dim = mapping.partition_dim(kind)
     if tp == 1 or dim is None:
-        return mapping.to_hf(kind, shards[0], dims)
-    outs: list[torch.Tensor] = []
-    for r, shard in enumerate(shards):
-        pieces = mapping.to_hf(kind, shard, local_dims(dims, tp))
-        if not outs:
-            for p in pieces:
-                shape = list(p.shape)
-                shape[dim] *= tp
-                outs.append(p.new_empty(shape))
-        for out, p in zip(outs, pieces, strict=True):
-            out.narrow(dim, r * p.shape[dim], p.shape[dim]).copy_(p)
-    return tuple(outs)
+        yield from mapping.to_hf(kind, shards[0], dims)
+        return
+    # Views of the shards, except QKV's split (a copy of the shards' size).
+    pieces = [mapping.to_hf(kind, s, local_dims(dims, tp)) for s in shards]
+    for j in range(len(pieces[0])):
+        shape = list(pieces[0][j].shape)
+        rows = shape[dim]
+        shape[dim] *= tp
+        out = shards[0].new_empty(shape)
+        for r in range(tp):
+            out.narrow(dim, r * rows, rows).copy_(pieces[r][j])
+        yield out
+        del out  # hold nothing while the next one is allocated
+
+
+def hf_from_shards(
+    kind: mapping.Kind, shards: Sequence[torch.Tensor], dims: mapping.AttnDims
+) -> tuple[torch.Tensor, ...]:
+    """All of :func:`iter_hf_from_shards` at once."""
+    return tuple(iter_hf_from_shards(kind, shards, dims))
 
 
 def engine_name(m: mapping.ParamMap) -> str:
@@ -361,7 +373,11 @@ def _convert(
     shard_shapes: Mapping[str, torch.Size] | None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     if shard_shapes is None:
-        yield from zip(e.m.hf, hf_from_shards(e.m.kind, shards, dims), strict=True)
+        # Not zip(): it keeps its last tuple (and tensor) alive until the next one exists.
+        names = iter(e.m.hf)
+        for t in iter_hf_from_shards(e.m.kind, shards, dims):
+            yield next(names), t
+            del t
         return
     name = engine_name(e.m)
     if e.gather:  # a padded vocabulary: re-split the full tensor the engine's way
