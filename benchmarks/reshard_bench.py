@@ -1,20 +1,24 @@
 """Resharding benchmark: GB/s of turning TP=2 shards of a ~1B-parameter model into full HF
 tensors, against a plain memory copy of the same bytes in the same run.
 
-Two gloo processes hold the TP=2 shards of a synthetic Qwen2-like model (random bf16 values,
-the shard shapes megatron uses) and run the real resharding pass (``rollout.reshard.reshard``:
-bucket plan, transport, per-parameter conversion) into full HF tensors on rank 0, which drops
-each tensor as it arrives (the export and engine-update consumers copy it somewhere; that copy is
-theirs). The baseline, on rank 0 in the same run with the same thread count: ``Tensor.copy_`` of
-the same number of bytes into a preallocated buffer, i.e. memcpy bandwidth, which no resharding
-can beat since it must at least read and write every byte once. Each measurement is repeated,
-alternating, and the best of each is kept (the machine may be shared).
+Two gloo processes hold the TP=2 shards of a synthetic Qwen2-like model (1.1B parameters, random
+bf16 values, the shard shapes megatron uses) and run the real resharding pass
+(``rollout.reshard.reshard``: bucket plan, transport, per-parameter conversion) into full HF
+tensors on rank 0, which lets each tensor go as it arrives (what an engine update or an export
+then does with it is their cost, not resharding's).
 
-    python benchmarks/reshard_bench.py                      # ~1.1B params, bf16
+Baseline, on rank 0 in the same processes, same thread count and allocator: a plain copy of the
+same bytes into new tensors of the same sizes as the pass yields (``torch.empty`` +
+``copy_``): materialising the model's tensors with no resharding at all. Also shown: the same
+copies into one preallocated buffer (memcpy bandwidth, no allocation). Both read the bytes
+from a model-sized buffer, as the pass reads every shard once. Every case is repeated,
+alternating, and the best of each kept (the machine may be shared).
+
+    python benchmarks/reshard_bench.py                          # ~1.1B params, bf16
     python benchmarks/reshard_bench.py --layers 4 --repeats 2   # quick
 
-Prints a table and, last, ``ratio: <resharding GB/s / memcpy GB/s>`` (shared-memory transport,
-one destination).
+Prints a table and, last, ``ratio: <resharding GB/s / baseline GB/s>`` (shared-memory
+transport, one destination).
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ from megatron_azr.rollout.reshard import attn_dims, plan_entries, reshard
 from megatron_azr.rollout.transport import ShardLayout
 
 TP = 2
+# glibc returns freed blocks of a few MB to the OS and page-faults them back on the next
+# allocation (here, each new output tensor); these keep blocks up to 32 MiB for reuse, as
+# jemalloc or tcmalloc do. Both baselines and resharding run under the same setting.
+GLIBC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 BASELINE = "copy into new tensors (baseline)"
 RESHARD = "reshard, shm -> rank 0"
 
@@ -78,20 +86,26 @@ def _worker(rank: int, args: argparse.Namespace, port: int, queue) -> None:
     sizes = [math.prod(s) for e in entries for s in mapping.hf_shapes(
         e.m, arch.hidden_size, arch.ffn_hidden_size, arch.vocab_size, attn_dims(arch)
     )]  # fmt: skip
-    src = torch.randn(max(sizes), generator=gen).to(dtype)
-    prealloc = torch.empty_like(src)
+    # The baselines read the model's bytes from memory too (rank 0's shards twice over: as many
+    # distinct bytes as the pass reads), not one buffer that may stay in cache.
+    src = torch.cat([t.view(-1) for t in local.values()] * TP) if rank == 0 else None
+    prealloc = torch.empty(max(sizes), dtype=dtype)
 
     def copy_new() -> None:
-        if rank == 0:
+        if src is not None:
+            start = 0
             for n in sizes:
                 out = torch.empty(n, dtype=dtype)
-                out.copy_(src[:n])
+                out.copy_(src[start : start + n])
+                start += n
                 del out
 
     def memcpy() -> None:
-        if rank == 0:
+        if src is not None:
+            start = 0
             for n in sizes:
-                prealloc[:n].copy_(src[:n])
+                prealloc[:n].copy_(src[start : start + n])
+                start += n
 
     def run(transport: str, dst: int | None):
         def go() -> None:
@@ -124,7 +138,14 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=22)
     p.add_argument("--bucket-mb", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="run the workers with glibc malloc's default (trimming) settings",
+    )
     args = p.parse_args()
+    if not args.glibc_default:
+        os.environ.update(GLIBC_TUNING)  # read by the spawned workers' C library at start
     from megatron_azr.train.dist import free_port
 
     ctx = mp.get_context("spawn")
@@ -147,7 +168,8 @@ def main() -> None:
     arch = synthetic_arch(args.layers)
     print(
         f"model: {arch.num_parameters() / 1e9:.2f}B params, bf16, {model_bytes / 1e9:.2f} GB; "
-        f"TP={TP} -> full tensors; bucket {args.bucket_mb} MiB; best of {args.repeats}"
+        f"TP={TP} -> full tensors; bucket {args.bucket_mb} MiB; best of {args.repeats}; "
+        f"glibc malloc {'defaults' if args.glibc_default else 'tuned: ' + str(GLIBC_TUNING)}"
     )
     print(f"{'case':40s} {'s':>7s} {'GB/s':>7s}")
     for name, sec in best.items():
