@@ -44,6 +44,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
+from tqdm import tqdm
 
 from megatron_azr.models import mapping
 from megatron_azr.models.config import ModelConfig
@@ -289,13 +290,15 @@ def reshard(
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     dst: int | None = None,
     transport: TransportName = "auto",
+    progress: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """The resharding pass over this rank's shards ``local`` (canonical megatron names with
     global layer indices -> this rank's TP shard; see ``hf_io.global_named_parameters``).
 
     Yields ``(HF name, full tensor)``, or with ``shard_shapes`` ``(engine name, engine shard)``
     of this rank's TP rank. ``dst``: the global rank that reads (HF target only; None: all).
-    Collective over the model-parallel group: every member iterates to the end, in step.
+    ``progress``: a progress bar on the first reader. Collective over the model-parallel group:
+    every member iterates to the end, in step.
     """
     if bucket_bytes < 1:
         raise ValueError("bucket_bytes must be >= 1")
@@ -323,8 +326,11 @@ def reshard(
         for e in bucket.entries:
             flat[e.offset : e.offset + e.numel].view(e.shape).copy_(local[e.m.mcore])
 
+    first_reader = chosen.me.rank == (dst if dst is not None else chosen.table[0].rank)
+    bar = tqdm(total=len(buckets), desc="resharding", disable=not (progress and first_reader))
     try:
         for b in buckets:
+            bar.update()
             slots: Mapping[int, torch.Tensor] = {}
             if _needs_exchange(layout, b.gather):
                 moved = chosen.move(Move(b.owner, b.gather, b.numel, dst), partial(pack, b))
@@ -348,13 +354,12 @@ def reshard(
                     yield name, t
                     del t  # hold nothing while the next tensor is built
     finally:
+        bar.close()
         chosen.close()
     if reading:
         dt = time.perf_counter() - started
         logger.log(
-            logging.INFO
-            if dst is not None or chosen.me.rank == min(p.rank for p in chosen.table)
-            else logging.DEBUG,
+            logging.INFO if first_reader else logging.DEBUG,
             "resharded %.3f GB in %.2f s (%.2f GB/s; %d buckets, %s transport, %s)",
             nbytes / 1e9,
             dt,
@@ -421,6 +426,7 @@ def hf_tensors(
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     dst: int | None = None,
     transport: TransportName = "auto",
+    progress: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """``(HF name, full tensor)`` of a megatron model (this rank's chunks), in HF order, on every
     rank or only on global rank ``dst``. Collective: every rank iterates to the end."""
@@ -433,6 +439,7 @@ def hf_tensors(
         bucket_bytes=bucket_bytes,
         dst=dst,
         transport=transport,
+        progress=progress,
     )
 
 
