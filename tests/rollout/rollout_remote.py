@@ -59,6 +59,24 @@ def _serve(conn: Any, env: dict[str, str]) -> None:
             while not done:  # a failed update: drop the rest of the stream
                 done = conn.recv() is None
 
+    def push_from_megatron(key: str, hf_dir: str) -> None:
+        """Load ``hf_dir`` into a megatron-core model in this process's world (one rank) and
+        reshard it into engine ``key`` (engine shards when the engine's TP is the model's)."""
+        from megatron_azr.models import hf_io
+        from megatron_azr.models.builder import BuildOptions, build_model
+        from megatron_azr.models.config import ModelConfig
+        from megatron_azr.rollout import reshard
+        from megatron_azr.train.config import ParallelConfig
+        from megatron_azr.train.dist import init_parallel
+
+        arch = ModelConfig.from_hf_dir(hf_dir)
+        init_parallel(ParallelConfig(), seed=0)
+        engine = engines[key]
+        precision = "bf16" if engine.cfg.dtype == "bfloat16" else "fp32"
+        chunks = build_model(arch, BuildOptions(impl="local", precision=precision))
+        hf_io.load_hf(chunks, arch, hf_dir)
+        reshard.push_weights(engine, chunks, arch, engine.cfg)
+
     def init_process_group() -> None:  # a one-rank "training world" for colocated vLLM
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend, rank=0, world_size=1)
@@ -69,7 +87,14 @@ def _serve(conn: Any, env: dict[str, str]) -> None:
 
     commands = {
         f.__name__: f
-        for f in (build, update_from_dir, update_stream, init_process_group, cuda_free_bytes)
+        for f in (
+            build,
+            update_from_dir,
+            update_stream,
+            push_from_megatron,
+            init_process_group,
+            cuda_free_bytes,
+        )
     }
     while True:
         cmd, args, kwargs = conn.recv()
