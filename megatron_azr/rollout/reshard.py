@@ -268,14 +268,14 @@ def _choose_transport(
     if layout.mp_size == 1:
         return LocalTransport(layout, table, me), plan(1, False)[0]
     if name in ("auto", "shm"):
-        buckets, cap = plan(SharedMemoryTransport.buffers, True)
+        buckets, cap = plan(SharedMemoryTransport.buffers, SharedMemoryTransport.full_slots)
         why = shm_unavailable(table, 2 * cap * elem)
         if why is None:
             return SharedMemoryTransport(layout, table, me, dtype, cap), buckets
         if name == "shm":
             raise RuntimeError(f"reshard transport 'shm' is unavailable: {why}")
         logger.debug("reshard: collective transport (%s)", why)
-    buckets, cap = plan(1, False)
+    buckets, cap = plan(CollectiveTransport.buffers, CollectiveTransport.full_slots)
     return CollectiveTransport(layout, table, me, dtype, device, cap), buckets
 
 

@@ -125,7 +125,7 @@ class Transport:
 
     name = "base"
     buffers = 1  # staging buffers of one bucket each (the budget is divided among them)
-    full_slots = False  # staging always holds all TP slots (else one for a non-gather bucket)
+    full_slots = False  # staging holds every TP slot even when a reader needs only its own
 
     def __init__(self, layout: ShardLayout, table: list[Peer], me: Peer) -> None:
         self.layout, self.table, self.me = layout, table, me
