@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,12 @@ from megatron_azr.azr.protocols import (
 )
 from megatron_azr.azr.selfplay import SelfPlayStep
 from megatron_azr.config import Config, to_dict
+from megatron_azr.rollout.build import build_rollout_engine
+from megatron_azr.rollout.config import RolloutConfig
+from megatron_azr.rollout.reshard import push_weights
 from megatron_azr.telemetry.logs import setup_logging
 from megatron_azr.telemetry.metrics import MetricsLogger
+from megatron_azr.train.actor import Actor
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +55,6 @@ LATEST = "latest"
 def train(cfg: Config) -> dict[str, float]:
     """Run ``cfg.run.steps`` self-play steps (resuming from the latest checkpoint in
     ``cfg.run.output_dir`` if there is one); returns the last step's metrics."""
-    from megatron_azr.train.actor import Actor
     from megatron_azr.train.dist import init_process_group
 
     out = Path(cfg.run.output_dir)
@@ -82,7 +85,7 @@ def train(cfg: Config) -> dict[str, float]:
             else None
         )
         # The engine starts from the actor's weights, streamed through the resharding path.
-        engine.update_weights(actor.state_dict_for_rollout())
+        engine.push_weights(actor)
 
         sampling = SamplingParams(
             temperature=cfg.azr.temperature,
@@ -117,7 +120,7 @@ def train(cfg: Config) -> dict[str, float]:
                 update = actor.update(samples) if samples else {}
                 _release_cached_memory()  # the actor's activations, before vLLM's KV cache
             with _timed(times, "reshard"):
-                engine.update_weights(actor.state_dict_for_rollout())
+                engine.push_weights(actor)
             times["time/step_s"] = time.perf_counter() - t0
             metrics = {
                 **result.metrics,
@@ -137,9 +140,7 @@ def train(cfg: Config) -> dict[str, float]:
 # Engines, placed on ranks
 
 
-def make_rollout(cfg: Config, model_dir: Path) -> RolloutEngine:
-    from megatron_azr.rollout.build import build_rollout_engine
-
+def make_rollout(cfg: Config, model_dir: Path) -> LeaderRollout | ReplicatedRollout:
     rollout_cfg = dataclasses.replace(cfg.rollout, load_format="dummy")
     if cfg.rollout.replicated:
         size = cfg.rollout.tensor_parallel_size
@@ -148,8 +149,9 @@ def make_rollout(cfg: Config, model_dir: Path) -> RolloutEngine:
                 f"rollout.tensor_parallel_size={size} does not divide the world size "
                 f"{dist.get_world_size()}"
             )
-        return ReplicatedRollout(build_rollout_engine(rollout_cfg, model_dir), size)
-    return LeaderRollout(build_rollout_engine(rollout_cfg, model_dir) if _is_leader() else None)
+        return ReplicatedRollout(build_rollout_engine(rollout_cfg, model_dir), rollout_cfg)
+    engine = build_rollout_engine(rollout_cfg, model_dir) if _is_leader() else None
+    return LeaderRollout(engine, rollout_cfg)
 
 
 def make_executor(cfg: Config, stack: ExitStack) -> Executor:
@@ -162,19 +164,16 @@ def make_executor(cfg: Config, stack: ExitStack) -> Executor:
 class LeaderRollout:
     """An in-process engine on rank 0; every other rank receives its completions."""
 
-    def __init__(self, engine: RolloutEngine | None) -> None:
-        self.engine = engine
+    def __init__(self, engine: RolloutEngine | None, cfg: RolloutConfig) -> None:
+        self.engine, self.cfg = engine, cfg
 
     def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[list[Completion]]:
         out = self.engine.generate(prompts, sampling) if self.engine is not None else None
         return _broadcast(out)
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
-        if self.engine is not None:
-            self.engine.update_weights(named_tensors)
-        else:  # the stream is collective: every rank must walk it
-            for _ in named_tensors:
-                pass
+    def push_weights(self, actor: Actor) -> None:
+        """The actor's weights into the engine (collective; only rank 0 receives tensors)."""
+        push_weights(self.engine, actor.models, actor.arch, self.cfg, dst=0)
 
     def sleep(self) -> None:
         if self.engine is not None:
@@ -186,18 +185,18 @@ class LeaderRollout:
 
 
 class ReplicatedRollout:
-    """An engine on every rank, one replica per ``replica_size`` consecutive ranks.
+    """An engine on every rank, one replica per ``rollout.tensor_parallel_size`` consecutive ranks.
 
     Replica ``r`` of ``R`` generates prompts ``r, r + R, ...`` (every rank of a replica with
     the same inputs, as tensor-parallel engines need); the replicas' outputs are all-gathered,
     so every rank returns the same completions, whatever numerical noise separates replicas.
     """
 
-    def __init__(self, engine: RolloutEngine, replica_size: int) -> None:
-        self.engine = engine
-        self.size = replica_size
-        self.replicas = dist.get_world_size() // replica_size
-        self.index = dist.get_rank() // replica_size
+    def __init__(self, engine: RolloutEngine, cfg: RolloutConfig) -> None:
+        self.engine, self.cfg = engine, cfg
+        self.size = cfg.tensor_parallel_size
+        self.replicas = dist.get_world_size() // self.size
+        self.index = dist.get_rank() // self.size
 
     def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[list[Completion]]:
         mine = list(prompts[self.index :: self.replicas])
@@ -209,8 +208,10 @@ class ReplicatedRollout:
         parts = gathered[:: self.size]  # the first rank of each replica speaks for it
         return [parts[i % self.replicas][i // self.replicas] for i in range(len(prompts))]
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
-        self.engine.update_weights(named_tensors)
+    def push_weights(self, actor: Actor) -> None:
+        """The actor's weights into every replica (collective); a vLLM engine whose TP equals
+        the actor's receives its own shards, without a TP gather."""
+        push_weights(self.engine, actor.models, actor.arch, self.cfg)
 
     def sleep(self) -> None:
         self.engine.sleep()

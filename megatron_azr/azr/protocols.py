@@ -52,11 +52,15 @@ class Completion:
     finish_reason: Literal["stop", "length"] = "stop"
 
 
-class RolloutEngine(Protocol):
+class Generator(Protocol):
+    """What the algorithm needs of a rollout engine."""
+
     def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[list[Completion]]:
         """``sampling.n`` completions for each prompt, in prompt order."""
         ...
 
+
+class RolloutEngine(Generator, Protocol):
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Load HF-named full tensors (or this engine's own shards) into the live engine."""
         ...

@@ -30,7 +30,7 @@ from megatron_azr.azr.parsing import (
     parse_program_proposal,
 )
 from megatron_azr.azr.prompts import proposer_prompt
-from megatron_azr.azr.protocols import Executor, Job, RolloutEngine, SamplingParams, TaskType
+from megatron_azr.azr.protocols import Executor, Generator, Job, SamplingParams, TaskType
 from megatron_azr.azr.selfplay import PROMPT_ATTEMPTS, execute_checked, generate_checked, make_job
 from megatron_azr.azr.tasks import (
     InductionTask,
@@ -50,7 +50,7 @@ class Seeder:
     def __init__(
         self,
         cfg: AZRConfig,
-        rollout: RolloutEngine,
+        rollout: Generator,
         executor: Executor,
         *,
         sampling: SamplingParams | None = None,

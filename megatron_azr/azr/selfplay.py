@@ -1,7 +1,8 @@
 """One AZR self-play step (spec §7): prompts -> responses -> executor verdicts -> rewards -> TRR++.
 
-The step only talks to a :class:`RolloutEngine` and an :class:`Executor` (protocols); every check of
-a model answer is an executor job, nothing model-written is evaluated in this process.
+The step only talks to a :class:`Generator` (what it needs of a rollout engine) and an
+:class:`Executor` (protocols); every check of a model answer is an executor job, nothing
+model-written is evaluated in this process.
 
 Order of work. The original runs, per task type, propose -> validate -> learnability -> solve.
 Since all six loaders are built from the buffer state at the start of the step (spec §7.1) and the
@@ -47,9 +48,9 @@ from megatron_azr.azr.protocols import (
     Completion,
     ExecResult,
     Executor,
+    Generator,
     Job,
     Role,
-    RolloutEngine,
     SamplingParams,
     TaskType,
     TrainSample,
@@ -137,7 +138,7 @@ def make_job(**fields: object) -> Job:
 
 
 def generate_checked(
-    rollout: RolloutEngine, prompts: Sequence[str], sampling: SamplingParams
+    rollout: Generator, prompts: Sequence[str], sampling: SamplingParams
 ) -> list[list[Completion]]:
     """``rollout.generate`` with its contract checked (``sampling.n`` completions per prompt)."""
     if not prompts:
@@ -179,7 +180,7 @@ class SelfPlayStep:
         self,
         cfg: AZRConfig,
         buffers: Buffers,
-        rollout: RolloutEngine,
+        rollout: Generator,
         executor: Executor,
         *,
         sampling: SamplingParams | None = None,

@@ -3,9 +3,9 @@
 * :class:`HFWeights` reads (sharded) safetensors lazily, one tensor at a time.
 * :func:`load_hf` fills this rank's chunks from an HF directory (each rank reads only the
   tensors it holds and slices its TP shard).
-* :func:`iter_hf_tensors` is the one place that gathers full HF tensors out of a parallel model:
-  a collective generator (every rank of the job iterates it) yielding ``(hf_name, tensor)`` on
-  every rank. Rollout resharding can swap it for a bucketed streaming variant.
+* :func:`iter_hf_tensors` gathers full HF tensors out of a parallel model: a collective
+  generator (every rank of the job iterates it) yielding ``(hf_name, tensor)`` on every rank or
+  one; it is the rollout's bucketed resharding pass (``megatron_azr.rollout.reshard``).
 * :func:`save_hf` writes those tensors (rank 0) as sharded safetensors, with the config and
   tokenizer files carried over, atomically.
 """
@@ -158,48 +158,18 @@ def load_hf(chunks: list[torch.nn.Module], arch: ModelConfig, hf_dir: str | Path
     return used
 
 
-def _pp_src(owner_pp_rank: int) -> int:
-    return dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group())[owner_pp_rank]
-
-
-@torch.no_grad()
 def iter_hf_tensors(
-    chunks: list[torch.nn.Module], arch: ModelConfig, progress: bool = False
+    chunks: list[torch.nn.Module], arch: ModelConfig, dst: int | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Full HF tensors of the whole model, in canonical order, on every rank (collective).
+    """Full HF tensors of the whole model, in canonical order, on every rank or only on global
+    rank ``dst`` (collective: every rank iterates to the end, in step).
 
-    The pipeline stage owning a parameter all-gathers its TP shards, converts to HF and
-    broadcasts over the pipeline group; other stages receive. Every rank must iterate to the
-    end, in step.
+    This is the rollout's bucketed resharding pass (:mod:`megatron_azr.rollout.reshard`), so
+    export and engine updates share one gather path.
     """
-    tp, _, pp, pp_rank, vpp = _layout()
-    dims = attn_dims(arch)
-    params = dict(global_named_parameters(chunks, arch))
-    dtype = next(iter(params.values())).dtype
-    device = next(iter(params.values())).device
-    tp_group = ps.get_tensor_model_parallel_group()
-    pp_group = ps.get_pipeline_model_parallel_group()
-    maps = mapping.param_maps(arch.num_layers, arch.qkv_bias, arch.tie_word_embeddings)
-    quiet = not progress or (dist.is_initialized() and dist.get_rank() != 0)
-    for m in tqdm(maps, desc="gathering HF tensors", disable=quiet, leave=False):
-        owner, _ = mapping.owner_stage(m, arch.num_layers, pp, vpp)
-        if owner == pp_rank:
-            local = params[m.mcore].detach()
-            if tp > 1:
-                shards = [torch.empty_like(local) for _ in range(tp)]
-                dist.all_gather(shards, local.contiguous(), group=tp_group)
-            else:
-                shards = [local]
-            tensors = mapping.to_hf(m.kind, mapping.unshard(m.kind, shards, dims), dims)
-        else:
-            shapes = mapping.hf_shapes(
-                m, arch.hidden_size, arch.ffn_hidden_size, arch.vocab_size, dims
-            )
-            tensors = tuple(torch.empty(s, dtype=dtype, device=device) for s in shapes)
-        if pp > 1:
-            for t in tensors:
-                dist.broadcast(t, src=_pp_src(owner), group=pp_group)
-        yield from zip(m.hf, tensors, strict=True)
+    from megatron_azr.rollout.reshard import hf_tensors  # rollout imports this module
+
+    return hf_tensors(chunks, arch, dst=dst, progress=dst is not None)
 
 
 def hf_config(arch: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
@@ -282,7 +252,7 @@ def save_hf(
     """
     out = Path(out_dir)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
-    tensors = iter_hf_tensors(chunks, arch, progress=True)
+    tensors = iter_hf_tensors(chunks, arch, dst=0)
     if not rank0:
         for _ in tensors:
             pass

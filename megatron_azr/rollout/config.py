@@ -30,8 +30,12 @@ class RolloutConfig:
     # vLLM sleep level between rollouts: 1 offloads weights to host memory, 2 discards them
     # (the next update_weights rewrites them anyway, so 2 saves the host copy).
     sleep_level: Literal[1, 2] = 2
-    # Weight updates are streamed to the engine's device in buckets of this size.
+    # Weight updates move in buckets of this size: the resharding staging memory (gathering the
+    # actor's shards) and the engine's host-to-device transfers.
     update_bucket_mb: int = 512
+    # How resharding moves shards between ranks: "collective" (torch.distributed: NCCL/gloo),
+    # "shm" (a /dev/shm window, CPU ranks on one host), "auto" (shm where it works).
+    reshard_transport: Literal["auto", "collective", "shm"] = "auto"
     # "auto" reads weights from model_dir; "dummy" reads only config and tokenizer, for engines
     # whose weights always come from the actor (update_weights must precede generate).
     load_format: Literal["auto", "dummy"] = "auto"

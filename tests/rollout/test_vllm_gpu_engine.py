@@ -125,3 +125,17 @@ def test_engine_shard_update_equals_fresh(model_a, model_b, fresh_b):
         same_generations(r("generate", "s", PROMPTS, GREEDY), fresh_b[0])
     finally:
         r.close()
+
+
+def test_megatron_model_resharded_into_engine_shards_equals_fresh(model_a, model_b, fresh_b):
+    """A megatron-core model holding model_b's weights, pushed with ``reshard.push_weights``:
+    the engine's TP equals the model's, so it gets its own shards (layout="shards")."""
+    r = colocated()
+    try:
+        r("build", "m", str(model_a), GPU)
+        r("sleep", "m")
+        r("push_from_megatron", "m", str(model_b))
+        r("wake_up", "m")
+        same_generations(r("generate", "m", PROMPTS, GREEDY), fresh_b[0])
+    finally:
+        r.close()
