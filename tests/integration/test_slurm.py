@@ -12,7 +12,6 @@ the test, see slurm_box.py): what cluster users run, with CPU resources instead 
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -21,18 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 from slurm_box import SlurmBox, missing_binaries
+from tiny_run import FAST, VOLATILE, metrics
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = [
-    "azr.batch_size=2",
-    "azr.k_references=1",
-    "azr.max_response_tokens=12",
-    "azr.n_learnability_samples=2",
-    "run.checkpoint_every=1",
-    "logging.wandb_mode=disabled",
-]
 WANDB = "logging.wandb_mode=offline"  # where a run's jobs are checked to share one wandb run
-VOLATILE = ("time", "actor/time_s")  # wall-clock figures; everything else replays exactly
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -120,10 +111,6 @@ def wait_state(box: SlurmBox, job_id: str, submit_dir: Path, cond, timeout: floa
     return box.job(job_id)
 
 
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def latest(out: Path) -> str | None:
     pointer = out / "checkpoints" / "latest"
     return pointer.read_text() if pointer.is_file() else None
@@ -141,7 +128,7 @@ def test_tiny_cpu_job_trains_on_two_tasks(first_run, submit_dir):
     for rank in (0, 1):
         log = (out / "logs" / f"rank{rank}.log").read_text()
         assert f"[rank {rank}]" in log and "step 1:" in log
-    assert [row["step"] for row in metrics(out)] == [1]
+    assert [row["step"] for row in metrics(out, keep_volatile=True)] == [1]
     assert latest(out) == "step_00000001"
     assert (out / "checkpoints" / "step_00000001" / "trainer_state.json").is_file()
     recorded = yaml.safe_load((out / "config.yaml").read_text())
@@ -176,7 +163,7 @@ def test_resubmitted_run_resumes_and_requeues_itself_on_sigusr1(box, first_run, 
         log = (out / "logs" / f"rank{rank}.log").read_text()
         resumed = [int(s) for s in re.findall(r"resumed from \S+/step_\d+ at step (\d+)", log)]
         assert resumed[0] == 1 and resumed[1] >= 2 and len(resumed) == 2, log[-3000:]
-    rows = metrics(out)
+    rows = metrics(out, keep_volatile=True)
     assert {r["step"] for r in rows} == {1, 2, 3, 4}
     # Steps logged before the requeue and again after it are replays: identical but timings.
     seen: dict[int, dict] = {}
@@ -207,7 +194,7 @@ def test_ablation_array_runs_each_entry_in_its_own_directory(box, submit_dir):
         cfg = yaml.safe_load((out / "config.yaml").read_text())
         assert set(cfg["azr"]["task_types"]) == types
         assert cfg["run"]["name"] == f"azr-table2-{name}"
-        [row] = metrics(out)
+        [row] = metrics(out, keep_volatile=True)
         assert {k.split("/")[0] for k in row if k.endswith("valid_rate")} == types
         assert latest(out) == "step_00000001"
 

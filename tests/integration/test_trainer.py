@@ -9,20 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_run import FAST, metrics
 
 from megatron_azr.train.dist import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = [
-    "azr.batch_size=2",
-    "azr.k_references=1",
-    "azr.max_response_tokens=12",
-    "azr.n_learnability_samples=2",
-    "run.checkpoint_every=1",
-    "logging.wandb_mode=disabled",
-]
-# Wall-clock figures differ between runs; everything else must not.
-VOLATILE = ("time", "actor/time_s")
 
 pytestmark = pytest.mark.slow
 
@@ -47,11 +38,6 @@ def azr_train(out: Path, *overrides: str, nproc: int = 1) -> subprocess.Complete
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     return r
-
-
-def metrics(out: Path) -> list[dict[str, float]]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
 
 
 def buffers(out: Path, step: int) -> dict[str, str]:
