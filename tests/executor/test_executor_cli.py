@@ -92,3 +92,5 @@ def test_bench_prints_both_sides_and_the_ratio():
     assert any(line.startswith("| sandboxed") for line in table)
     assert all(line.split("|")[-2].strip() == "48" for line in table[1:])  # all reproduced
     assert lines[-1].startswith("ratio: ") and float(lines[-1].split()[1]) > 0
+    [floor] = [line for line in lines if line.startswith("floor: ")]
+    assert float(floor.split(": ")[-1].split()[0]) > 0
