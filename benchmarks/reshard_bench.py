@@ -36,13 +36,9 @@ import torch.multiprocessing as mp
 from megatron_azr.models import mapping
 from megatron_azr.models.config import ModelConfig
 from megatron_azr.rollout.reshard import attn_dims, plan_entries, reshard
-from megatron_azr.rollout.transport import ShardLayout
+from megatron_azr.rollout.transport import ShardLayout, keep_freed_host_memory
 
 TP = 2
-# glibc returns freed blocks of a few MB to the OS and page-faults them back on the next
-# allocation (here, each new output tensor); these keep blocks up to 32 MiB for reuse, as
-# jemalloc or tcmalloc do. Both baselines and resharding run under the same setting.
-GLIBC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 BASELINE = "copy into new tensors (baseline)"
 RESHARD = "reshard, shm -> rank 0"
 
@@ -73,6 +69,9 @@ def _timed(fn) -> float:
 def _worker(rank: int, args: argparse.Namespace, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)  # two processes on the benchmark's cores
+    if not args.glibc_default:
+        # What `azr train` does on CPU hosts; both baselines and resharding run under it.
+        keep_freed_host_memory()
     dist.init_process_group("gloo", rank=rank, world_size=TP)
     arch = synthetic_arch(args.layers)
     dtype = torch.bfloat16
@@ -144,8 +143,6 @@ def main() -> None:
         help="run the workers with glibc malloc's default (trimming) settings",
     )
     args = p.parse_args()
-    if not args.glibc_default:
-        os.environ.update(GLIBC_TUNING)  # read by the spawned workers' C library at start
     from megatron_azr.train.dist import free_port
 
     ctx = mp.get_context("spawn")
@@ -169,7 +166,7 @@ def main() -> None:
     print(
         f"model: {arch.num_parameters() / 1e9:.2f}B params, bf16, {model_bytes / 1e9:.2f} GB; "
         f"TP={TP} -> full tensors; bucket {args.bucket_mb} MiB; best of {args.repeats}; "
-        f"glibc malloc {'defaults' if args.glibc_default else 'tuned: ' + str(GLIBC_TUNING)}"
+        f"glibc malloc {'defaults' if args.glibc_default else 'keeping freed blocks'}"
     )
     print(f"{'case':40s} {'s':>7s} {'GB/s':>7s}")
     for name, sec in best.items():

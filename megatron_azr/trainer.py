@@ -25,6 +25,7 @@ from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
@@ -42,6 +43,7 @@ from megatron_azr.config import Config, to_dict
 from megatron_azr.rollout.build import build_rollout_engine
 from megatron_azr.rollout.config import RolloutConfig
 from megatron_azr.rollout.reshard import push_weights
+from megatron_azr.rollout.transport import keep_freed_host_memory
 from megatron_azr.telemetry.logs import setup_logging
 from megatron_azr.telemetry.metrics import MetricsLogger
 from megatron_azr.train.actor import Actor
@@ -58,6 +60,8 @@ def train(cfg: Config) -> dict[str, float]:
     from megatron_azr.train.dist import init_process_group
 
     out = Path(cfg.run.output_dir)
+    if not torch.cuda.is_available():
+        keep_freed_host_memory()  # resharding's tensor churn on CPU (rollout/transport.py)
     init_process_group()
     rank = dist.get_rank()
     setup_logging(cfg.logging.level, out / "logs" / f"rank{rank}.log", rank=rank)
@@ -338,8 +342,6 @@ def _broadcast(obj: Any) -> Any:
 
 
 def _release_cached_memory() -> None:
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

@@ -97,17 +97,33 @@ def iter_hf_from_shards(
     if tp == 1 or dim is None:
         yield from mapping.to_hf(kind, shards[0], dims)
         return
-    # Views of the shards, except QKV's split (a copy of the shards' size).
-    pieces = [mapping.to_hf(kind, s, local_dims(dims, tp)) for s in shards]
+    pieces = [_hf_views(kind, s, local_dims(dims, tp)) for s in shards]
     for j in range(len(pieces[0])):
-        shape = list(pieces[0][j].shape)
+        piece = pieces[0][j]
+        shape = (
+            [piece.shape[0] * piece.shape[1], *piece.shape[2:]]
+            if kind == "qkv"
+            else list(piece.shape)
+        )
         rows = shape[dim]
         shape[dim] *= tp
         out = shards[0].new_empty(shape)
         for r in range(tp):
-            out.narrow(dim, r * rows, rows).copy_(pieces[r][j])
+            out.narrow(dim, r * rows, rows).view(pieces[r][j].shape).copy_(pieces[r][j])
         yield out
         del out  # hold nothing while the next one is allocated
+
+
+def _hf_views(
+    kind: mapping.Kind, shard: torch.Tensor, dims: mapping.AttnDims
+) -> tuple[torch.Tensor, ...]:
+    """The HF pieces of one shard as views of it: QKV's as ``[groups, rows per group, ...]``
+    (flattening them, as ``mapping.to_hf`` does, would copy the shard once more)."""
+    if kind != "qkv":
+        return mapping.to_hf(kind, shard, dims)  # views: fc1's halves are contiguous already
+    d = dims.head_dim
+    grouped = shard.view(dims.num_groups, (dims.heads_per_group + 2) * d, *shard.shape[1:])
+    return grouped.split([dims.heads_per_group * d, d, d], dim=1)
 
 
 def hf_from_shards(
