@@ -21,6 +21,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
+from typing import TypeVar
 
 from megatron_azr.azr.buffers import Buffers
 from megatron_azr.azr.config import AZRConfig
@@ -40,6 +41,8 @@ from megatron_azr.azr.tasks import (
 )
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R", Triplet, InductionTask)
 
 
 def _key(record: Triplet | InductionTask) -> str:
@@ -90,10 +93,31 @@ class Seeder:
     def _texts(self, prompts: list[str]) -> list[str]:
         return [group[0].text for group in generate_checked(self.rollout, prompts, self.sampling)]
 
+    def _grow(self, records: list[R], propose: Callable[[], list[R]], what: str) -> list[R]:
+        """Add the not-yet-seen records of ``propose()`` rounds to ``records`` until it holds
+        ``target`` of them or ``max_rounds`` rounds have run."""
+        seen = {_key(r) for r in records}
+        for round_ in range(1, self.max_rounds + 1):
+            if len(records) >= self.target:
+                break
+            for record in propose():
+                if _key(record) not in seen:
+                    seen.add(_key(record))
+                    records.append(record)
+            logger.info("seeding round %d: %d/%d %s", round_, len(records), self.target, what)
+        if len(records) < self.target:
+            logger.warning(
+                "seeding stopped after %d rounds with %d/%d %s",
+                self.max_rounds,
+                len(records),
+                self.target,
+                what,
+            )
+        return records[: self.target]
+
     def seed_triplets(self) -> list[Triplet]:
         cfg = self.cfg
         seeds = [identity_triplet()]
-        seen = {_key(seeds[0])}
         k = cfg.k_references if cfg.include_references else 0
 
         def draw(task: TaskType) -> tuple[str, Triplet | None]:
@@ -107,9 +131,7 @@ class Seeder:
             )
             return prompt, None
 
-        for round_ in range(1, self.max_rounds + 1):
-            if len(seeds) >= self.target:
-                break
+        def propose() -> list[Triplet]:
             prompts = [
                 prompt
                 for task in (TaskType.ABDUCTION, TaskType.DEDUCTION)
@@ -137,36 +159,28 @@ class Seeder:
                 for p in parsed
             ]
             results = execute_checked(self.executor, [j for j in jobs if j is not None])
+            out = []
             for p, job in zip(parsed, jobs, strict=True):
                 if isinstance(p, ParseFailure) or job is None:
                     continue
                 result = results[job.id]
                 if result.status != "ok" or len(result.outputs) != 1:
                     continue
-                triplet = Triplet(
-                    snippet=p.code,
-                    input=p.input,
-                    output=result.outputs[0],
-                    imports=list(p.imports),
-                    original_snippet=p.original_code,
+                out.append(
+                    Triplet(
+                        snippet=p.code,
+                        input=p.input,
+                        output=result.outputs[0],
+                        imports=list(p.imports),
+                        original_snippet=p.original_code,
+                    )
                 )
-                if _key(triplet) not in seen:
-                    seen.add(_key(triplet))
-                    seeds.append(triplet)
-            logger.info("seeding round %d: %d/%d triplets", round_, len(seeds), self.target)
-        if len(seeds) < self.target:
-            logger.warning(
-                "seeding stopped after %d rounds with %d/%d triplets",
-                self.max_rounds,
-                len(seeds),
-                self.target,
-            )
-        return seeds[: self.target]
+            return out
+
+        return self._grow(seeds, propose, "triplets")
 
     def seed_induction(self, programs: list[Triplet]) -> list[InductionTask]:
         cfg = self.cfg
-        tasks = [identity_induction_task()]
-        seen = {_key(tasks[0])}
 
         def draw() -> tuple[str, Triplet | None]:
             program = self.rng.choice(programs)
@@ -174,9 +188,7 @@ class Seeder:
             prompt = proposer_prompt(TaskType.INDUCTION, program=program.snippet, n_inputs=n)
             return prompt, program
 
-        for round_ in range(1, self.max_rounds + 1):
-            if len(tasks) >= self.target:
-                break
+        def propose() -> list[InductionTask]:
             plan = self._plan(draw)
             texts = self._texts([prompt for prompt, _ in plan])
             parsed = [parse_induction_proposal(t, cfg.n_induction_inputs) for t in texts]
@@ -192,28 +204,22 @@ class Seeder:
                 for p, (_, program) in zip(parsed, plan, strict=True)
             ]
             results = execute_checked(self.executor, [j for j in jobs if j is not None])
+            out = []
             for p, job, (_, program) in zip(parsed, jobs, plan, strict=True):
                 if isinstance(p, ParseFailure) or job is None or program is None:
                     continue
                 result = results[job.id]
                 if result.status != "ok" or len(result.outputs) != len(p.inputs):
                     continue
-                task = InductionTask(
-                    snippet=program.snippet,
-                    inputs=list(p.inputs),
-                    outputs=list(result.outputs),
-                    message=p.message,
-                    imports=list(program.imports),
+                out.append(
+                    InductionTask(
+                        snippet=program.snippet,
+                        inputs=list(p.inputs),
+                        outputs=list(result.outputs),
+                        message=p.message,
+                        imports=list(program.imports),
+                    )
                 )
-                if _key(task) not in seen:
-                    seen.add(_key(task))
-                    tasks.append(task)
-            logger.info("seeding round %d: %d/%d induction tasks", round_, len(tasks), self.target)
-        if len(tasks) < self.target:
-            logger.warning(
-                "induction seeding stopped after %d rounds with %d/%d tasks",
-                self.max_rounds,
-                len(tasks),
-                self.target,
-            )
-        return tasks[: self.target]
+            return out
+
+        return self._grow([identity_induction_task()], propose, "tasks (induction)")
