@@ -32,7 +32,13 @@ from megatron_azr.azr.parsing import (
 )
 from megatron_azr.azr.prompts import proposer_prompt
 from megatron_azr.azr.protocols import Executor, Generator, Job, SamplingParams, TaskType
-from megatron_azr.azr.selfplay import PROMPT_ATTEMPTS, execute_checked, generate_checked, make_job
+from megatron_azr.azr.selfplay import (
+    PROMPT_ATTEMPTS,
+    execute_checked,
+    generate_checked,
+    induction_validation_job,
+    program_validation_job,
+)
 from megatron_azr.azr.tasks import (
     InductionTask,
     Triplet,
@@ -147,15 +153,7 @@ class Seeder:
                 for text in self._texts(prompts)
             ]
             jobs: list[Job | None] = [
-                None
-                if isinstance(p, ParseFailure)
-                else make_job(
-                    kind="validate",
-                    program=p.code,
-                    inputs=(p.input,),
-                    banned_imports=tuple(cfg.banned_imports),
-                    timeout_s=cfg.program_timeout_s,
-                )
+                None if isinstance(p, ParseFailure) else program_validation_job(p, cfg)
                 for p in parsed
             ]
             results = execute_checked(self.executor, [j for j in jobs if j is not None])
@@ -195,12 +193,7 @@ class Seeder:
             jobs: list[Job | None] = [
                 None
                 if isinstance(p, ParseFailure) or program is None
-                else make_job(
-                    kind="validate",
-                    program=program.snippet,
-                    inputs=tuple(p.inputs),
-                    timeout_s=cfg.program_timeout_s,
-                )
+                else induction_validation_job(program.snippet, p, cfg)
                 for p, (_, program) in zip(parsed, plan, strict=True)
             ]
             results = execute_checked(self.executor, [j for j in jobs if j is not None])

@@ -137,6 +137,28 @@ def make_job(**fields: object) -> Job:
     return dataclasses.replace(job, id=job_id(job))
 
 
+def program_validation_job(proposal: ProgramProposal, cfg: AZRConfig) -> Job:
+    """Validation of a proposed program on its proposed input (ban list, determinism)."""
+    return make_job(
+        kind="validate",
+        program=proposal.code,
+        inputs=(proposal.input,),
+        banned_imports=tuple(cfg.banned_imports),
+        timeout_s=cfg.program_timeout_s,
+    )
+
+
+def induction_validation_job(program: str, proposal: InductionProposal, cfg: AZRConfig) -> Job:
+    """A buffer program run on proposed inputs, without the ban check: the program came from a
+    validated buffer."""
+    return make_job(
+        kind="validate",
+        program=program,
+        inputs=tuple(proposal.inputs),
+        timeout_s=cfg.program_timeout_s,
+    )
+
+
 def generate_checked(
     rollout: Generator, prompts: Sequence[str], sampling: SamplingParams
 ) -> list[list[Completion]]:
@@ -335,8 +357,7 @@ class SelfPlayStep:
 
     def _validation_job(self, proposal: Proposal, pp: _ProposerPrompt) -> Job | None:
         """The executor job that validates a proposal, or None (failure recorded) if it does not
-        even parse. Induction runs the buffer program on the proposed inputs without the ban
-        check: the program came from a validated buffer."""
+        even parse."""
         cfg = self.cfg
         text = proposal.completion.text
         if proposal.task is TaskType.INDUCTION:
@@ -346,12 +367,7 @@ class SelfPlayStep:
                 proposal.failure = parsed_inputs.reason
                 return None
             proposal.parsed = parsed_inputs
-            return make_job(
-                kind="validate",
-                program=pp.program.snippet,
-                inputs=tuple(parsed_inputs.inputs),
-                timeout_s=cfg.program_timeout_s,
-            )
+            return induction_validation_job(pp.program.snippet, parsed_inputs, cfg)
         parsed = parse_program_proposal(
             text,
             reject_multiple_functions=cfg.reject_multiple_functions,
@@ -361,13 +377,7 @@ class SelfPlayStep:
             proposal.failure = parsed.reason
             return None
         proposal.parsed = parsed
-        return make_job(
-            kind="validate",
-            program=parsed.code,
-            inputs=(parsed.input,),
-            banned_imports=tuple(cfg.banned_imports),
-            timeout_s=cfg.program_timeout_s,
-        )
+        return program_validation_job(parsed, cfg)
 
     def _accept(
         self, proposal: Proposal, job: Job, result: ExecResult, pp: _ProposerPrompt, step: int
