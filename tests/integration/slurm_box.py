@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from megatron_azr.train.dist import free_port
+
 BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "scontrol", "scancel", "squeue")
 # The daemons live in sbin, which is not on every user's PATH.
 PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
@@ -30,18 +32,12 @@ def missing_binaries() -> list[str]:
     return [b for b in BINARIES if shutil.which(b, path=PATH) is None]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _conf(d: Path, host: str, cpus: int, user: str) -> str:
     return f"""\
 ClusterName=azrbox
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 AuthType=auth/none
 CredType=cred/none
 # A requeued job may start again after cred_expire + 1 s (default 120 s).

@@ -3,17 +3,13 @@ sandboxed executor, on the tiny random model (which never proposes a valid task:
 is the loop, its checkpoints and its layouts, not learning)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from processes import ROOT, child_env, torchrun_cmd
 from tiny_run import FAST, metrics
-
-from megatron_azr.train.dist import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -23,19 +19,8 @@ def azr_train(out: Path, *overrides: str, nproc: int = 1) -> subprocess.Complete
     if nproc == 1:
         cmd = [sys.executable, "-m", "megatron_azr.cli", "train", *args]
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc-per-node={nproc}",
-            f"--master-port={free_port()}",
-            "-m",
-            "megatron_azr.cli",
-            "train",
-            *args,
-        ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        cmd = [*torchrun_cmd(nproc), "-m", "megatron_azr.cli", "train", *args]
+    r = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     return r
 

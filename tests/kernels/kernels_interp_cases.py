@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from kernels_helpers import make_case, reference, sharded
+from processes import child_env, torchrun_cmd
 
 from kernels import logprob_entropy_triton as kt
 from kernels.logprob_entropy import logits_grad, resolve_backend, row_stats
@@ -138,19 +138,7 @@ def test_autograd_function_with_the_kernels(dtype):
 
 def test_two_process_gloo():
     """Real TP=2 over gloo: both backends through the all-reduces, against the full vocab."""
-    from megatron_azr.train.dist import free_port
-
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node=2",
-        f"--master-port={free_port()}",
-        str(HERE / "kernels_dist_worker.py"),
-        "triton",
-        "torch",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    cmd = [*torchrun_cmd(2), str(HERE / "kernels_dist_worker.py"), "triton", "torch"]
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert proc.stdout.count(" ok") == 2 * 2 * 2  # ranks x dtypes x backends

@@ -2,26 +2,21 @@
 bounded memory, and the end-to-end path into the torch and vLLM-CPU engines."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from processes import child_env, torchrun_cmd
 
 from megatron_azr.models.hf_tiny import make_tiny_model
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 
 
 def torchrun(nproc: int, scenario: str, args: dict, timeout: float = 600, **env: str) -> None:
-    from megatron_azr.train.dist import free_port
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
-    cmd += [f"--master-port={free_port()}", str(HERE / "reshard_worker.py"), scenario]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
-    env["PYTHONWARNINGS"] = "ignore::UserWarning,ignore::FutureWarning"  # megatron's import noise
+    cmd = [*torchrun_cmd(nproc), str(HERE / "reshard_worker.py"), scenario]
+    # PYTHONWARNINGS: megatron's import noise
+    env = child_env(**env, PYTHONWARNINGS="ignore::UserWarning,ignore::FutureWarning")
     try:
         proc = subprocess.run(
             [*cmd, json.dumps(args)], env=env, capture_output=True, text=True, timeout=timeout

@@ -1,32 +1,18 @@
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from processes import child_env, torchrun_cmd
 
-ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
 def _torchrun(nproc: int, scenario: str, args: dict, timeout: float = 240) -> None:
     """Run a dist_worker scenario under torchrun; fail with its output on error or timeout."""
-    from megatron_azr.train.dist import free_port
-
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={nproc}",
-        f"--master-port={free_port()}",
-        str(WORKER),
-        scenario,
-        json.dumps(args),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [*torchrun_cmd(nproc), str(WORKER), scenario, json.dumps(args)]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"torchrun {scenario} timed out after {timeout}s:\n{(e.stderr or '')[-4000:]}")
     if proc.returncode != 0:

@@ -1,28 +1,20 @@
 """`azr convert` end to end: real processes, sharded both ways, bit-exact."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from processes import child_env, torchrun_cmd
 
 torch = pytest.importorskip("torch")
 safetensors = pytest.importorskip("safetensors.torch")
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _azr(args, nproc=None, timeout=180):
-    from megatron_azr.train.dist import free_port
-
-    launch = [sys.executable]
-    if nproc:
-        launch += ["-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
-        launch += [f"--master-port={free_port()}"]
+    launch = torchrun_cmd(nproc) if nproc else [sys.executable]
     cmd = [*launch, "-m", "megatron_azr.cli", "convert", *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def test_round_trip_tp2_to_pp2_bf16_tied(tiny_models, tmp_path):
