@@ -216,16 +216,16 @@ def qkv_from_hf(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: AttnDim
     return torch.cat([q, k, v], dim=1).reshape(-1, *rest)
 
 
+def qkv_split(qkv: torch.Tensor, dims: AttnDims) -> tuple[torch.Tensor, ...]:
+    """q, k, v of a fused QKV tensor as ``[groups, rows per group, ...]`` (views of it when it
+    is contiguous)."""
+    d = dims.head_dim
+    grouped = qkv.reshape(dims.num_groups, (dims.heads_per_group + 2) * d, *qkv.shape[1:])
+    return grouped.split([dims.heads_per_group * d, d, d], dim=1)
+
+
 def qkv_to_hf(qkv: torch.Tensor, dims: AttnDims) -> tuple[torch.Tensor, ...]:
-    g, d = dims.num_groups, dims.head_dim
-    rest = qkv.shape[1:]
-    grouped = qkv.reshape(g, (dims.heads_per_group + 2) * d, *rest)
-    q, k, v = grouped.split([dims.heads_per_group * d, d, d], dim=1)
-    return (
-        q.reshape(-1, *rest).contiguous(),
-        k.reshape(-1, *rest).contiguous(),
-        v.reshape(-1, *rest).contiguous(),
-    )
+    return tuple(p.reshape(-1, *qkv.shape[1:]).contiguous() for p in qkv_split(qkv, dims))
 
 
 def fc1_from_hf(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

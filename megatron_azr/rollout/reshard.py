@@ -121,9 +121,7 @@ def _hf_views(
     (flattening them, as ``mapping.to_hf`` does, would copy the shard once more)."""
     if kind != "qkv":
         return mapping.to_hf(kind, shard, dims)  # views: fc1's halves are contiguous already
-    d = dims.head_dim
-    grouped = shard.view(dims.num_groups, (dims.heads_per_group + 2) * d, *shard.shape[1:])
-    return grouped.split([dims.heads_per_group * d, d, d], dim=1)
+    return mapping.qkv_split(shard, dims)
 
 
 def hf_from_shards(
