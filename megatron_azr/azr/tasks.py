@@ -17,8 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from megatron_azr.azr.protocols import TaskType
-
 
 class TaskRecordError(ValueError):
     """A JSON record that is not a valid task; the message names the offending key."""
@@ -172,13 +170,6 @@ class InductionTask:
             step=_get(d, "step", int, 0),
             extra=extra,
         )
-
-
-Task = Triplet | InductionTask
-
-
-def record_type(task: TaskType) -> type[Triplet] | type[InductionTask]:
-    return InductionTask if task is TaskType.INDUCTION else Triplet
 
 
 # The "zero" seed of paper Fig. 5: the identity program. The induction seed feeds it one input of

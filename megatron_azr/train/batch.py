@@ -54,14 +54,6 @@ class MicroBatch:
     def num_tokens(self) -> int:
         return int(self.tokens.shape[1])
 
-    def attention_mask(self) -> torch.Tensor:
-        """[1, 1, S, S] bool, True = masked: causal within each sequence, nothing across."""
-        seg = torch.repeat_interleave(torch.arange(len(self.seq_lens)), torch.tensor(self.seq_lens))
-        s = seg.numel()
-        causal = torch.ones(s, s, dtype=torch.bool).tril_()
-        allowed = causal & (seg[:, None] == seg[None, :])
-        return (~allowed)[None, None]
-
     def cu_seqlens(self) -> torch.Tensor:
         lens = torch.tensor([0, *self.seq_lens], dtype=torch.int32)
         return torch.cumsum(lens, 0, dtype=torch.int32)

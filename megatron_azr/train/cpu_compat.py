@@ -150,7 +150,3 @@ def apply() -> None:
     _MODE.__enter__()
     _APPLIED = True
     logger.info("megatron-core CPU compatibility layer applied (gloo, CPU RNG tracker)")
-
-
-def applied() -> bool:
-    return _APPLIED
