@@ -39,6 +39,7 @@ from megatron_azr.azr.parsing import (
     ParseFailure,
     ProgramProposal,
     extract_solver_answer,
+    extract_thought,
     is_well_formatted,
     parse_induction_proposal,
     parse_program_proposal,
@@ -408,6 +409,7 @@ class SelfPlayStep:
                 output=result.outputs[0],
                 imports=list(parsed.imports),
                 original_snippet=parsed.original_code,
+                thought=extract_thought(proposal.completion.text),
                 step=step,
             )
 

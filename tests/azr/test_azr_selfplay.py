@@ -186,6 +186,15 @@ def test_one_step_end_to_end():
     assert m["deduction/buffer/added"] == 2 and m["deduction/buffer/size_before"] == 2
 
 
+def test_buffer_records_keep_the_proposers_thought():
+    """Spec §1.2: deduction/abduction entries store the text inside <think> (never trained on)."""
+    step, _, _ = make_step()
+    step.run(1)
+    added = step.buffers.deduction.entries[2:]
+    assert [t.thought for t in added] == ["thinking", "thinking"]
+    assert [t.thought for t in step.buffers.deduction.entries[:2]] == ["", ""]  # seeds had none
+
+
 def test_executor_jobs_are_deduplicated_and_well_formed():
     step, _, executor = make_step()
     step.run(1)
