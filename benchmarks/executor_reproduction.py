@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from megatron_azr.executor import ExecutorConfig, SandboxExecutor
-from megatron_azr.executor.check import parse_record, result_line
+from megatron_azr.executor.check import parse_record, run_records
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = [
@@ -27,9 +27,7 @@ NOT_REPRODUCIBLE = {"NonDeterministic", "AddressInOutput", "UnequalToItself"}
 
 def run_file(ex: SandboxExecutor, path: Path, cfg: ExecutorConfig, validate: bool) -> list[dict]:
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = [parse_record(i, line, cfg, validate) for i, line in enumerate(lines)]
-    results = ex.run([r.job for r in records if r.job is not None])
-    return [result_line(r, res) for r, res in zip(records, results, strict=True)]
+    return run_records(ex, [parse_record(i, line, cfg, validate) for i, line in enumerate(lines)])
 
 
 def cause(rec: dict, check: dict) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from megatron_azr.azr.protocols import ExecResult, Job
+from megatron_azr.azr.protocols import ExecResult, Executor, Job
 from megatron_azr.executor.config import ExecutorConfig
 
 PROGRAM_KEYS = ("program", "snippet", "code")
@@ -84,6 +84,13 @@ def result_line(record: Record, result: ExecResult | None) -> dict[str, Any]:
         line["detail"] = result.stderr_tail[-500:]
     line["time_s"] = round(result.time_s, 6)
     return line
+
+
+def run_records(executor: Executor, records: Sequence[Record]) -> list[dict[str, Any]]:
+    """One result line per record, in order: the records that parsed run as one batch, the
+    others get their :func:`result_line` without running."""
+    results = iter(executor.run([r.job for r in records if r.job is not None]))
+    return [result_line(r, next(results) if r.job is not None else None) for r in records]
 
 
 @dataclass

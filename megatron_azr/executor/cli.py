@@ -71,10 +71,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                     for k, line in enumerate(lines)
                 ]
                 index += len(lines)
-                jobs = [r.job for r in records if r.job is not None]
-                results = iter(ex.run(jobs))
-                for r in records:
-                    line = check.result_line(r, next(results) if r.job is not None else None)
+                for line in check.run_records(ex, records):
                     summary.add(line)
                     out.write(json.dumps(line) + "\n")
                 out.flush()

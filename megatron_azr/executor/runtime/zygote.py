@@ -298,9 +298,11 @@ def main() -> None:
             break
         for task in request["tasks"]:
             answer, clean = zygote.run(task)
-            protocol.write_all(1, answer)
             if not clean:
+                # Unanswered, so the pool fails this task, the one that left the directory, and
+                # requeues the rest; answering first would make it fail the next one instead.
                 sys.exit("executor: a job directory could not be removed; restarting the worker")
+            protocol.write_all(1, answer)
     zygote._sweep()
 
 
