@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from megatron_azr.azr.config import AZRConfig
 from megatron_azr.executor import ExecutorConfig, SandboxExecutor
 from megatron_azr.executor.check import parse_record, run_records
 
@@ -25,9 +26,11 @@ FILES = [
 NOT_REPRODUCIBLE = {"NonDeterministic", "AddressInOutput", "UnequalToItself"}
 
 
-def run_file(ex: SandboxExecutor, path: Path, cfg: ExecutorConfig, validate: bool) -> list[dict]:
+def run_file(
+    ex: SandboxExecutor, path: Path, cfg: ExecutorConfig, banned: list[str] | None
+) -> list[dict]:
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return run_records(ex, [parse_record(i, line, cfg, validate) for i, line in enumerate(lines)])
+    return run_records(ex, [parse_record(i, line, cfg, banned) for i, line in enumerate(lines)])
 
 
 def cause(rec: dict, check: dict) -> str:
@@ -66,8 +69,8 @@ def main() -> None:
     with SandboxExecutor(cfg) as ex:
         for path in args.files:
             records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            plain = run_file(ex, path, cfg, validate=False)
-            checked = run_file(ex, path, cfg, validate=True)
+            plain = run_file(ex, path, cfg, banned=None)
+            checked = run_file(ex, path, cfg, banned=AZRConfig().banned_imports)
             bad = {c["index"] for c in checked if c.get("error_type") in NOT_REPRODUCIBLE}
             mismatched = [r["index"] for r in plain if not r.get("match")]
             reproducible = len(records) - len(bad)

@@ -22,10 +22,11 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from megatron_azr.azr.config import AZRConfig
 from megatron_azr.azr.protocols import Job, JobKind
 from megatron_azr.executor.config import ExecutorConfig
 
@@ -106,8 +107,9 @@ def original_apply(pool: Any, code: str, timeout_length: float) -> tuple[str, st
 
 
 def run_baseline(
-    programs: list[dict[str, str]], batch: int, timeout: float, validate: bool
+    programs: list[dict[str, str]], batch: int, timeout: float, banned: Sequence[str] | None
 ) -> tuple[list[str], list[float], float]:
+    """``banned``: the import ban list of the validate workload (None: the run workload)."""
     try:
         from pebble import ProcessPool
     except ImportError as e:
@@ -117,15 +119,15 @@ def run_baseline(
         ) from e
     from megatron_azr.executor.runtime.harness import find_banned_imports
 
-    template = CHECK_DETERMINISM_TEMPLATE if validate else RUN_TEMPLATE
-    banned = ExecutorConfig().banned_imports
+    template = CHECK_DETERMINISM_TEMPLATE if banned is not None else RUN_TEMPLATE
     outputs, latencies = [], []
     start = time.perf_counter()
     for i in range(0, len(programs), batch):
         with ProcessPool(max_workers=1) as pool:  # recreated per batch, as the original does
             for rec in programs[i : i + batch]:
                 t = time.perf_counter()
-                if validate and find_banned_imports(rec["code"], banned):  # check_all, in-process
+                # check_all, in-process
+                if banned is not None and find_banned_imports(rec["code"], list(banned)):
                     outputs.append("")
                     latencies.append(time.perf_counter() - t)
                     continue
@@ -140,16 +142,17 @@ def run_baseline(
 # ------------------------------------------------------------------------- the project
 
 
-def _jobs(programs: list[dict[str, str]], cfg: ExecutorConfig, validate: bool) -> list[Job]:
-    kind: JobKind = "validate" if validate else "run"
-    banned = tuple(cfg.banned_imports) if validate else ()
+def _jobs(
+    programs: list[dict[str, str]], cfg: ExecutorConfig, banned: Sequence[str] | None
+) -> list[Job]:
+    kind: JobKind = "validate" if banned is not None else "run"
     return [
         Job(
             rec.get("id", str(i)),
             kind,
             rec["code"],
             (rec["input"],),
-            banned_imports=banned,
+            banned_imports=tuple(banned or ()),
             timeout_s=cfg.timeout_s,
         )
         for i, rec in enumerate(programs)
@@ -157,10 +160,10 @@ def _jobs(programs: list[dict[str, str]], cfg: ExecutorConfig, validate: bool) -
 
 
 def run_project(
-    ex: Any, programs: list[dict[str, str]], batch: int, cfg: ExecutorConfig, validate: bool,
-    latency_samples: int,
+    ex: Any, programs: list[dict[str, str]], batch: int, cfg: ExecutorConfig,
+    banned: Sequence[str] | None, latency_samples: int,
 ) -> tuple[list[str], list[float], float]:  # fmt: skip
-    jobs = _jobs(programs, cfg, validate)
+    jobs = _jobs(programs, cfg, banned)
     outputs: list[str] = []
     start = time.perf_counter()
     for i in range(0, len(jobs), batch):
@@ -243,11 +246,10 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}"
 
 
-def main(argv: list[str] | None = None, cfg: ExecutorConfig | None = None) -> int:
+def main() -> int:
     p = argparse.ArgumentParser(prog="executor_bench", description=__doc__.split("\n\n")[0])
     add_arguments(p)
-    args = p.parse_args(argv)
-    return run(args, cfg or ExecutorConfig())
+    return run(p.parse_args(), ExecutorConfig(), AZRConfig().banned_imports)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -261,7 +263,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workloads", default="run,validate", help="run, validate or both")
 
 
-def run(args: argparse.Namespace, cfg: ExecutorConfig) -> int:
+def run(args: argparse.Namespace, cfg: ExecutorConfig, banned: Sequence[str]) -> int:
+    """Both sides on every workload; ``banned``: the import ban list validation applies."""
     from megatron_azr.executor.pool import SandboxExecutor
 
     with open(args.data) as fh:
@@ -278,7 +281,7 @@ def run(args: argparse.Namespace, cfg: ExecutorConfig) -> int:
         print(f"sandbox: {ex.spec.mode}, {len(ex.workers)} workers; layers: {layers}")
         print(f"sandboxed pool start-up (once): {startup * 1e3:.0f} ms", flush=True)
         for workload in workloads:
-            validate = workload == "validate"
+            ban = banned if workload == "validate" else None
             sides: dict[str, tuple[list[float], list[float], list[str]]] = {
                 "original (pebble, 1 worker, exec)": ([], [], []),
                 "sandboxed pool": ([], [], []),
@@ -287,12 +290,10 @@ def run(args: argparse.Namespace, cfg: ExecutorConfig) -> int:
                 # Alternating the sides spreads load from other tenants over both.
                 for name, (tputs, lats, outs) in sides.items():
                     if name.startswith("original"):
-                        o, lat, elapsed = run_baseline(
-                            programs, args.batch, cfg.timeout_s, validate
-                        )
+                        o, lat, elapsed = run_baseline(programs, args.batch, cfg.timeout_s, ban)
                     else:
                         o, lat, elapsed = run_project(
-                            ex, programs, args.batch, cfg, validate, args.latency_samples
+                            ex, programs, args.batch, cfg, ban, args.latency_samples
                         )
                     tputs.append(len(programs) / elapsed)
                     lats += lat

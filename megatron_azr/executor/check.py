@@ -29,7 +29,11 @@ class Record:
     problem: str = ""
 
 
-def parse_record(index: int, line: str, cfg: ExecutorConfig, validate: bool) -> Record:
+def parse_record(
+    index: int, line: str, cfg: ExecutorConfig, banned: Sequence[str] | None
+) -> Record:
+    """``banned``: the import ban list for full proposal validation (``--validate``); None runs
+    the program on its input."""
     try:
         rec = json.loads(line)
     except ValueError as e:
@@ -55,12 +59,12 @@ def parse_record(index: int, line: str, cfg: ExecutorConfig, validate: bool) -> 
         return Record(index, None, problem="imports must be a list of strings")
     job = Job(
         id=str(rec.get("id", index)),
-        kind="validate" if validate else "run",
+        kind="validate" if banned is not None else "run",
         program=program,
         inputs=tuple(inputs),
         expected=tuple(outputs or ()),
         imports=tuple(imports),
-        banned_imports=tuple(cfg.banned_imports) if validate else (),
+        banned_imports=tuple(banned or ()),
         timeout_s=cfg.timeout_s,
     )
     return Record(index, job, has_output=outputs is not None, multi=multi)

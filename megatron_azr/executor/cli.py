@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from megatron_azr.executor.config import ExecutorConfig
+if TYPE_CHECKING:
+    from megatron_azr.config import Config
 
 
-def _config(args: argparse.Namespace) -> ExecutorConfig:
+def _config(args: argparse.Namespace) -> Config:
     from megatron_azr.config import load_config
 
-    return load_config(args.config, args.overrides).executor
+    return load_config(args.config, args.overrides)
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -56,7 +57,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from megatron_azr.executor.pool import ExecutorError, SandboxExecutor
     from megatron_azr.executor.sandbox import SandboxUnavailable
 
-    cfg = _config(args)
+    full = _config(args)
+    cfg = full.executor
+    banned = full.azr.banned_imports if args.validate else None
     summary = check.Summary()
     with open(args.file) as fh:
         total = sum(1 for line in fh if line.strip())
@@ -67,8 +70,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             index = 0
             for lines in check.chunks(fh, args.chunk):
                 records = [
-                    check.parse_record(index + k, line, cfg, args.validate)
-                    for k, line in enumerate(lines)
+                    check.parse_record(index + k, line, cfg, banned) for k, line in enumerate(lines)
                 ]
                 index += len(lines)
                 for line in check.run_records(ex, records):
@@ -94,7 +96,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     from megatron_azr.executor import doctor, sandbox
     from megatron_azr.executor.pool import ExecutorError
 
-    cfg = _config(args)
+    cfg = _config(args).executor
     console = Console()
     plat = sandbox.detect(cfg)
     console.print(
@@ -130,7 +132,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from megatron_azr.executor.sandbox import SandboxUnavailable
 
     try:
-        return bench.run(args, _config(args))
+        cfg = _config(args)
+        return bench.run(args, cfg.executor, cfg.azr.banned_imports)
     except (SandboxUnavailable, ExecutorError) as e:
         print(f"azr executor: {e}", file=sys.stderr)
         return 2

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
-
-from megatron_azr.azr.config import EXTRA_BANNED, ORIGINAL_BANNED
 
 SandboxMode = Literal["auto", "bwrap", "unconfined"]
 
@@ -39,10 +37,9 @@ class ExecutorConfig:
     seccomp: bool = True
     # First of the unprivileged uids jobs run as (worker k uses uid_base + k; root only).
     job_uid_base: int = 990000
-    # Proposal validation (spec §5.2): the import ban list (not a safety boundary; the sandbox
-    # is), and whether the output must evaluate back to an equal value (a truncated or custom
-    # repr is a gold answer no solver can match).
-    banned_imports: list[str] = field(default_factory=lambda: ORIGINAL_BANNED + EXTRA_BANNED)
+    # Proposal validation (spec §5.2): whether the output must evaluate back to an equal value
+    # (a truncated or custom repr is a gold answer no solver can match). The import ban list
+    # travels with each job (``azr.banned_imports``).
     validate_round_trip: bool = True
     # Programs (with imports and prediction) larger than this are invalid without running.
     max_program_kb: int = 256
