@@ -163,10 +163,39 @@ def induction_validation_job(program: str, proposal: InductionProposal, cfg: AZR
 def generate_checked(
     rollout: Generator, prompts: Sequence[str], sampling: SamplingParams
 ) -> list[list[Completion]]:
-    """``rollout.generate`` with its contract checked (``sampling.n`` completions per prompt)."""
+    """``sampling.n`` completions per prompt, from ``rollout.generate`` with its contract checked.
+
+    Under a seed, engines give sample ``j`` of every prompt the seed ``seed + j`` (as vLLM
+    does), so copies of one prompt in a call (solver batches topped up by repetition, induction
+    programs drawn twice, a buffer holding only the identity seed) would all get the same
+    completions. Each distinct prompt goes to the engine once instead, with ``n`` samples per
+    copy (one call per distinct number of copies), and the copies share out its samples.
+    """
     if not prompts:
         return []
-    out = rollout.generate(list(prompts), sampling)
+    if sampling.seed is None:
+        return _generate_checked(rollout, list(prompts), sampling)
+    copies = Counter(prompts)  # in order of first appearance
+    samples: dict[str, list[Completion]] = {}
+    for m in sorted(set(copies.values())):
+        distinct = [p for p, c in copies.items() if c == m]
+        groups = _generate_checked(
+            rollout, distinct, dataclasses.replace(sampling, n=m * sampling.n)
+        )
+        samples.update(zip(distinct, groups, strict=True))
+    taken: Counter[str] = Counter()
+    out = []
+    for p in prompts:
+        k = taken[p]
+        taken[p] += 1
+        out.append(samples[p][k * sampling.n : (k + 1) * sampling.n])
+    return out
+
+
+def _generate_checked(
+    rollout: Generator, prompts: list[str], sampling: SamplingParams
+) -> list[list[Completion]]:
+    out = rollout.generate(prompts, sampling)
     if len(out) != len(prompts) or any(len(group) != sampling.n for group in out):
         got = [len(group) for group in out]
         raise EngineContractError(

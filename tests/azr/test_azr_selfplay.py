@@ -1,5 +1,6 @@
 """The self-play step driven by a scripted policy and an in-process grader (see azr_scripted)."""
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from azr_scripted import (
     InProcessExecutor,
     ScriptedRollout,
     answer,
+    completion,
     fence,
     prompt_blocks,
     prompt_kind,
@@ -363,3 +365,52 @@ def test_job_ids_are_content_hashes():
     b = Job(id="x", kind="deduction", program="p", prediction="1", expected=("1",))
     c = Job(id="", kind="deduction", program="p", prediction="2", expected=("1",))
     assert job_id(a) == job_id(b) != job_id(c) and job_id(a).startswith("deduction-")
+
+
+class SeededRollout:
+    """Sample ``j`` of every prompt gets the seed ``seed + j``, as the real engines do."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], int]] = []
+
+    def generate(self, prompts, sampling):
+        self.calls.append((list(prompts), sampling.n))
+        seed = sampling.seed if sampling.seed is not None else 0
+        return [[completion(f"{p}@{seed + j}") for j in range(sampling.n)] for p in prompts]
+
+
+def test_copies_of_a_prompt_get_distinct_samples_under_a_seed():
+    from megatron_azr.azr.protocols import SamplingParams
+    from megatron_azr.azr.selfplay import generate_checked
+
+    rollout = SeededRollout()
+    out = generate_checked(rollout, ["a", "b", "a", "c", "a"], SamplingParams(n=2, seed=10))
+    texts = [[c.text for c in group] for group in out]
+    assert texts == [
+        ["a@10", "a@11"],
+        ["b@10", "b@11"],
+        ["a@12", "a@13"],
+        ["c@10", "c@11"],
+        ["a@14", "a@15"],
+    ]
+    # One request per distinct prompt, one call per distinct number of copies.
+    assert rollout.calls == [(["b", "c"], 2), (["a"], 6)]
+
+    # Without a seed every sample is drawn afresh: the prompts go as they are, in one call.
+    rollout = SeededRollout()
+    generate_checked(rollout, ["a", "a"], SamplingParams(n=2))
+    assert rollout.calls == [(["a", "a"], 2)]
+
+
+def test_identity_seed_step_solves_distinct_samples():
+    """From a buffer holding only the identity seed, every solver prompt of a sub-batch is the
+    same text; under a seed their completions still differ."""
+    cfg = AZRConfig(batch_size=4, n_learnability_samples=2)
+    rollout = SeededRollout()
+    step = SelfPlayStep(cfg, Buffers.from_config(cfg), rollout, InProcessExecutor(), seed=1)
+    step.sampling = dataclasses.replace(step.sampling, seed=5)
+    result = step.run(1)
+    for task in (ABD, DED):
+        solves = by_task(result.solves, task)
+        assert len({s.prompt for s in solves}) == 1
+        assert len({s.completion.text for s in solves}) == len(solves) == 4
