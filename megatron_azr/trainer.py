@@ -67,9 +67,11 @@ def train(cfg: Config) -> dict[str, float]:
     setup_logging(cfg.logging.level, out / "logs" / f"rank{rank}.log", rank=rank)
     leader = rank == 0
 
-    # The actor, then everything a resumed run restores: weights, optimizer, buffers, step.
-    actor = Actor(cfg.model.arch, cfg.parallel, cfg.actor, init_from=cfg.model.path or None)
+    # The actor, then everything a resumed run restores: weights, optimizer, buffers, step (a
+    # resumed run never reads model.path: the checkpoint overwrites every weight).
     resume = latest_checkpoint(out)
+    init_from = (cfg.model.path or None) if resume is None else None
+    actor = Actor(cfg.model.arch, cfg.parallel, cfg.actor, init_from=init_from)
     if resume is not None:
         start, buffers = load_checkpoint(actor, resume, cfg)
         logger.info("resumed from %s at step %d", resume, start)
@@ -249,15 +251,12 @@ def rollout_model_dir(actor: Any, path: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         if actor.hf_source is not None:
-            for f in hf_io.META_FILES:
-                if (actor.hf_source / f).is_file():
-                    shutil.copy2(actor.hf_source / f, tmp / f)
+            hf_io.copy_meta_files(actor.hf_source, tmp)
         else:
             dtype = next(iter(actor.models[0].parameters())).dtype
             (tmp / "config.json").write_text(json.dumps(hf_io.hf_config(actor.arch, dtype)))
             train_tokenizer(tmp, actor.arch.vocab_size)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        hf_io.replace_dir(tmp, path)
     dist.barrier()
     return path
 
@@ -289,6 +288,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 def save_checkpoint(actor: Any, buffers: Buffers, step: int, out: Path, keep: int) -> Path:
     """Actor (weights + optimizer, reshardable), buffers and step, written to a temporary
     directory and renamed into place; ``latest`` moves only after that (collective)."""
+    from megatron_azr.models import hf_io
     from megatron_azr.train import checkpoint
 
     root = checkpoint_root(out)
@@ -305,8 +305,7 @@ def save_checkpoint(actor: Any, buffers: Buffers, step: int, out: Path, keep: in
         state.write_text(json.dumps({"step": step, "actor_steps": actor.steps}))
         with state.open() as f:
             os.fsync(f.fileno())
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        hf_io.replace_dir(tmp, final)
         _write_atomic(root / LATEST, final.name)
         done = sorted(p for p in root.glob("step_*") if p.is_dir())
         for old in done[:-keep]:

@@ -72,17 +72,21 @@ class HFWeights:
     def names(self) -> set[str]:
         return {n for n in self.weight_map if not n.endswith(_IGNORED_HF)}
 
-    def get(self, name: str) -> torch.Tensor:
+    def _handle(self, name: str) -> Any:
         if name not in self.weight_map:
             raise KeyError(f"{self.path}: tensor {name!r} not found")
         file = self.weight_map[name]
         if file not in self._handles:
             self._handles[file] = self._stack.enter_context(safe_open(self.path / file, "pt"))
-        return self._handles[file].get_tensor(name)  # type: ignore[attr-defined]
+        return self._handles[file]
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._handle(name).get_tensor(name)
 
     def dtype(self) -> torch.dtype:
-        """The dtype the weights are stored in (that of the token embedding)."""
-        return self.get("model.embed_tokens.weight").dtype
+        """The dtype the weights are stored in (that of the token embedding; one row read)."""
+        name = "model.embed_tokens.weight"
+        return self._handle(name).get_slice(name)[:1].dtype
 
     def close(self) -> None:
         self._stack.close()
@@ -236,6 +240,36 @@ def write_safetensors(
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
+def copy_meta_files(src: Path, dst: Path) -> bool:
+    """Copy the config and tokenizer files ``src`` holds into ``dst``; whether config.json was
+    one of them."""
+    present = [f for f in META_FILES if (src / f).is_file()]
+    for f in present:
+        shutil.copy2(src / f, dst / f)
+    return "config.json" in present
+
+
+def staging_dir(final: Path) -> Path:
+    """A new empty directory beside ``final`` to build it in, then :func:`replace_dir` it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would survive the rename
+    return tmp
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``; an existing ``dst`` is removed only once ``src`` is in place."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def save_hf(
     chunks: list[torch.nn.Module],
     arch: ModelConfig,
@@ -258,26 +292,13 @@ def save_hf(
             pass
         dist.barrier()
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would survive the rename
+    tmp = staging_dir(out)
     try:
         dtype = dtype or next(iter(chunks[0].parameters())).dtype
         write_safetensors(tensors, tmp, max_shard_bytes, dtype)
-        copied = False
-        if meta_from is not None:
-            for f in META_FILES:
-                src = Path(meta_from) / f
-                if src.is_file():
-                    shutil.copy2(src, tmp / f)
-                    copied = copied or f == "config.json"
-        if not copied:
+        if meta_from is None or not copy_meta_files(Path(meta_from), tmp):
             (tmp / "config.json").write_text(json.dumps(hf_config(arch, dtype), indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -19,15 +19,14 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
+from megatron_azr.models import hf_io
 from megatron_azr.models.config import ModelConfig
-from megatron_azr.models.hf_io import META_FILES
 from megatron_azr.train import mcore_compat
 
 if TYPE_CHECKING:
@@ -95,11 +94,7 @@ def save(
     rank = dist.get_rank()
     tmp = ""
     if rank == 0:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would survive the rename
+        tmp = str(hf_io.staging_dir(final))
     tmp_dir = Path(_broadcast_str(tmp))
     try:
         if rank == 0:
@@ -111,7 +106,7 @@ def save(
         dist.barrier()
         if rank == 0:
             _write_meta_and_hf(actor, tmp_dir, with_optimizer, hf_dtype)
-            _replace_dir(tmp_dir, final)
+            hf_io.replace_dir(tmp_dir, final)
     except BaseException:
         if rank == 0:
             shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -140,24 +135,11 @@ def _write_meta_and_hf(
         meta["hf_dtype"] = hf_dtype.removeprefix("torch.")
     if actor.hf_source is not None:
         (tmp_dir / "hf").mkdir()
-        for f in META_FILES:
-            if (actor.hf_source / f).is_file():
-                shutil.copy2(actor.hf_source / f, tmp_dir / "hf" / f)
+        hf_io.copy_meta_files(actor.hf_source, tmp_dir / "hf")
     meta_file = tmp_dir / "meta.json"
     meta_file.write_text(json.dumps(meta, indent=2))
     with open(meta_file) as fh:
         os.fsync(fh.fileno())
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; an existing ``dst`` is removed only once ``src`` is in place."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_card(actor: Actor, meta: dict[str, Any], path: Path) -> None:
