@@ -93,12 +93,6 @@ def train(cfg: Config) -> dict[str, float]:
         # The engine starts from the actor's weights, streamed through the resharding path.
         engine.push_weights(actor)
 
-        sampling = SamplingParams(
-            temperature=cfg.azr.temperature,
-            top_p=cfg.azr.top_p,
-            top_k=cfg.azr.top_k,
-            max_tokens=cfg.azr.max_response_tokens,
-        )
         selfplay = SelfPlayStep(
             cfg.azr,
             buffers,
@@ -115,11 +109,10 @@ def train(cfg: Config) -> dict[str, float]:
         ):
             t0 = time.perf_counter()
             times: dict[str, float] = {}
-            # Rollout seeds depend on (run seed, step) only, so a resumed run replays exactly.
-            selfplay.sampling = dataclasses.replace(sampling, seed=_step_seed(cfg.run.seed, step))
             with _timed(times, "rollout"):
                 engine.wake_up()
-                result = selfplay.run(step)
+                # Rollout seeds depend on (run seed, step) only: a resumed run replays exactly.
+                result = selfplay.run(step, rollout_seed=_step_seed(cfg.run.seed, step))
                 engine.sleep()
             samples = result.samples()
             with _timed(times, "update"):

@@ -15,7 +15,6 @@ writes it in the official JSONL layout, loadable through ``azr.seed_io_path`` /
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -31,13 +30,14 @@ from megatron_azr.azr.parsing import (
     parse_program_proposal,
 )
 from megatron_azr.azr.prompts import proposer_prompt
-from megatron_azr.azr.protocols import Executor, Generator, Job, SamplingParams, TaskType
+from megatron_azr.azr.protocols import Executor, Generator, Job, TaskType
 from megatron_azr.azr.selfplay import (
     PROMPT_ATTEMPTS,
     execute_checked,
     generate_checked,
     induction_validation_job,
     program_validation_job,
+    sampling_params,
 )
 from megatron_azr.azr.tasks import (
     InductionTask,
@@ -62,7 +62,6 @@ class Seeder:
         rollout: Generator,
         executor: Executor,
         *,
-        sampling: SamplingParams | None = None,
         seed: int = 0,
         prompt_fits: Callable[[str], bool] | None = None,
         max_rounds: int = 64,
@@ -70,7 +69,7 @@ class Seeder:
         self.cfg = cfg
         self.rollout = rollout
         self.executor = executor
-        self.sampling = dataclasses.replace(sampling or SamplingParams(), n=1)
+        self.sampling = sampling_params(cfg)
         self.rng = random.Random(f"megatron-azr/seeding/{seed}")
         self.prompt_fits = prompt_fits or (lambda _prompt: True)
         self.max_rounds = max_rounds

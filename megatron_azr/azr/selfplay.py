@@ -160,6 +160,16 @@ def induction_validation_job(program: str, proposal: InductionProposal, cfg: AZR
     )
 
 
+def sampling_params(cfg: AZRConfig) -> SamplingParams:
+    """The sampling of every rollout, proposer and solver alike (spec §9)."""
+    return SamplingParams(
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        max_tokens=cfg.max_response_tokens,
+    )
+
+
 def generate_checked(
     rollout: Generator, prompts: Sequence[str], sampling: SamplingParams
 ) -> list[list[Completion]]:
@@ -235,7 +245,6 @@ class SelfPlayStep:
         rollout: Generator,
         executor: Executor,
         *,
-        sampling: SamplingParams | None = None,
         seed: int = 0,
         prompt_fits: Callable[[str], bool] | None = None,
     ) -> None:
@@ -243,17 +252,19 @@ class SelfPlayStep:
         self.buffers = buffers
         self.rollout = rollout
         self.executor = executor
-        self.sampling = sampling or SamplingParams()
+        self.sampling = sampling_params(cfg)
         self.seed = seed
         self.prompt_fits = prompt_fits or (lambda _prompt: True)
         self.task_types = [t for t in TASK_ORDER if t.value in cfg.task_types]
 
     # ------------------------------------------------------------------------------- the step
 
-    def run(self, step: int) -> StepResult:
+    def run(self, step: int, rollout_seed: int | None = None) -> StepResult:
         """Self-play step ``step`` (1-based; the seeds carry step 0). Deterministic in
-        (``seed``, ``step``, buffer state, engine outputs)."""
+        (``seed``, ``step``, buffer state, engine outputs). ``rollout_seed``: the sampling seed
+        of this step's rollouts (None: the engine draws its own)."""
         rng = random.Random(f"megatron-azr/selfplay/{self.seed}/{step}")
+        sampling = dataclasses.replace(self.sampling, seed=rollout_seed)
         sizes_before = self.buffers.sizes()
 
         # 1. All six loaders from the buffer state at the start of the step.
@@ -275,7 +286,7 @@ class SelfPlayStep:
 
         # 2. Proposer and solver responses.
         prompts = [p.prompt for p in proposer_prompts] + [prompt for _, _, prompt in solver_tasks]
-        completions = [c[0] for c in self._generate(prompts, n=1)]
+        completions = [c[0] for c in self._generate(prompts, sampling, n=1)]
         proposals = [
             Proposal(p.task, p.prompt, c, is_well_formatted(c.text))
             for p, c in zip(proposer_prompts, completions[: len(proposer_prompts)], strict=True)
@@ -306,7 +317,7 @@ class SelfPlayStep:
         # 4. Learnability: n solver rollouts per valid proposal. A valid proposal with a broken
         # think/answer format gets -1 whatever its solve rate, so it is not estimated (the
         # original spent the rollouts anyway).
-        self._estimate_solve_rates([p for p in proposals if p.valid and p.well_formatted])
+        self._estimate_solve_rates([p for p in proposals if p.valid and p.well_formatted], sampling)
         for p in proposals:
             p.reward = proposer_reward(
                 p.valid, p.well_formatted, p.solve_rate, self.cfg.proposer_zero_reward
@@ -442,7 +453,7 @@ class SelfPlayStep:
                 step=step,
             )
 
-    def _estimate_solve_rates(self, valid: list[Proposal]) -> None:
+    def _estimate_solve_rates(self, valid: list[Proposal], sampling: SamplingParams) -> None:
         """r̄ = mean accuracy of ``n_learnability_samples`` solver answers (no format
         requirement, only ``<answer>`` extraction). These rollouts are not trained on."""
         n = self.cfg.n_learnability_samples
@@ -454,7 +465,7 @@ class SelfPlayStep:
                 probes.append((p, prompt))
             else:
                 p.solve_rate = 0.0
-        groups = self._generate([prompt for _, prompt in probes], n=n)
+        groups = self._generate([prompt for _, prompt in probes], sampling, n=n)
         jobs = [
             [self._check_job(p.task, p.record, extract_solver_answer(p.task, c.text)) for c in cs]
             for (p, _), cs in zip(probes, groups, strict=True)
@@ -518,8 +529,10 @@ class SelfPlayStep:
 
     # ------------------------------------------------------------------------------- engines
 
-    def _generate(self, prompts: Sequence[str], n: int) -> list[list[Completion]]:
-        return generate_checked(self.rollout, prompts, dataclasses.replace(self.sampling, n=n))
+    def _generate(
+        self, prompts: Sequence[str], sampling: SamplingParams, n: int
+    ) -> list[list[Completion]]:
+        return generate_checked(self.rollout, prompts, dataclasses.replace(sampling, n=n))
 
     def _execute(self, jobs: Sequence[Job]) -> dict[str, ExecResult]:
         return execute_checked(self.executor, jobs)

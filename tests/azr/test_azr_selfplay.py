@@ -1,6 +1,5 @@
 """The self-play step driven by a scripted policy and an in-process grader (see azr_scripted)."""
 
-import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -408,8 +407,7 @@ def test_identity_seed_step_solves_distinct_samples():
     cfg = AZRConfig(batch_size=4, n_learnability_samples=2)
     rollout = SeededRollout()
     step = SelfPlayStep(cfg, Buffers.from_config(cfg), rollout, InProcessExecutor(), seed=1)
-    step.sampling = dataclasses.replace(step.sampling, seed=5)
-    result = step.run(1)
+    result = step.run(1, rollout_seed=5)
     for task in (ABD, DED):
         solves = by_task(result.solves, task)
         assert len({s.prompt for s in solves}) == 1
