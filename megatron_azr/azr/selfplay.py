@@ -597,8 +597,10 @@ class SelfPlayStep:
             m[f"{t}/propose/valid_rate"] = len(valid) / len(ps) if ps else 0.0
             m[f"{t}/propose/format_rate"] = mean([float(p.well_formatted) for p in ps])
             m[f"{t}/propose/reward_mean"] = mean([p.reward for p in ps])
-            m[f"{t}/propose/solve_rate_mean"] = mean([p.solve_rate for p in valid])
-            m[f"{t}/propose/learnable_rate"] = mean([float(0 < p.solve_rate < 1) for p in valid])
+            # Only well-formatted valid proposals get learnability rollouts (a solve rate).
+            probed = [p for p in valid if p.well_formatted]
+            m[f"{t}/propose/solve_rate_mean"] = mean([p.solve_rate for p in probed])
+            m[f"{t}/propose/learnable_rate"] = mean([float(0 < p.solve_rate < 1) for p in probed])
             m[f"{t}/propose/response_len_mean"] = mean([len(p.completion.token_ids) for p in ps])
             for reason, count in Counter(p.failure for p in ps if p.failure).items():
                 m[f"{t}/propose/fail/{reason}"] = count / len(ps)
@@ -609,7 +611,7 @@ class SelfPlayStep:
             m[f"{t}/solve/reward_mean"] = mean([s.reward for s in ss])
             m[f"{t}/solve/response_len_mean"] = mean([len(s.completion.token_ids) for s in ss])
             m[f"{t}/buffer/added"] = added[t]
-            m[f"{t}/buffer/dropped"] = len([p for p in ps if p.valid]) - added[t]
+            m[f"{t}/buffer/dropped"] = len(valid) - added[t]
             m[f"{t}/buffer/size"] = sizes[t]
             m[f"{t}/buffer/size_before"] = sizes_before[t]
         return m

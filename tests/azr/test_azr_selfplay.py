@@ -187,6 +187,16 @@ def test_one_step_end_to_end():
     assert m["deduction/buffer/added"] == 2 and m["deduction/buffer/size_before"] == 2
 
 
+def test_solve_rate_metrics_cover_only_probed_proposals():
+    """A valid but unformatted proposal gets no learnability rollouts: it has no solve rate to
+    average (abduction: one probed at 0.5, one unformatted; deduction: 1.0 and 0.5)."""
+    m = make_step()[0].run(1).metrics
+    assert m["abduction/propose/solve_rate_mean"] == 0.5
+    assert m["abduction/propose/learnable_rate"] == 1.0
+    assert m["deduction/propose/solve_rate_mean"] == 0.75
+    assert m["deduction/propose/learnable_rate"] == 0.5
+
+
 def test_buffer_records_keep_the_proposers_thought():
     """Spec §1.2: deduction/abduction entries store the text inside <think> (never trained on)."""
     step, _, _ = make_step()
