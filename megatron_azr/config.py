@@ -60,6 +60,14 @@ class Config:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
+    def __post_init__(self) -> None:
+        if self.actor.kl_coef > 0:
+            # Caught here, not at the first update after the model load and rollouts.
+            raise ValueError(
+                "actor.kl_coef > 0 needs reference log-probs, which `azr train` does not "
+                "compute (Actor.update takes them from code that does)"
+            )
+
 
 # --------------------------------------------------------------------------------------------
 # Typed conversion of plain data (YAML) into dataclasses.

@@ -83,6 +83,12 @@ def test_bad_values_are_rejected_with_section(tmp_path):
     assert load_config(TINY, ["azr.program_timeout_s=2"]).azr.program_timeout_s == 2.0
 
 
+def test_kl_penalty_is_refused_until_the_trainer_computes_reference_logprobs(tmp_path):
+    with pytest.raises(ConfigError, match=r"actor.kl_coef > 0 needs reference log-probs"):
+        load_config(write(tmp_path, "actor:\n  kl_coef: 0.01\n"))
+    assert load_config(TINY, ["actor.kl_coef=0"]).actor.kl_coef == 0.0
+
+
 def test_override_errors_name_the_override():
     with pytest.raises(ConfigError, match=r"override 'azr.k_refs=4'.*unknown key 'azr.k_refs'"):
         load_config(TINY, ["azr.k_refs=4"])
