@@ -92,6 +92,7 @@ def train(cfg: Config) -> dict[str, float]:
         )
         # The engine starts from the actor's weights, streamed through the resharding path.
         engine.push_weights(actor)
+        _release_cached_memory()
 
         selfplay = SelfPlayStep(
             cfg.azr,
@@ -117,9 +118,10 @@ def train(cfg: Config) -> dict[str, float]:
             samples = result.samples()
             with _timed(times, "update"):
                 update = actor.update(samples) if samples else {}
-                _release_cached_memory()  # the actor's activations, before vLLM's KV cache
+                _release_cached_memory()
             with _timed(times, "reshard"):
                 engine.push_weights(actor)
+                _release_cached_memory()
             times["time/step_s"] = time.perf_counter() - t0
             metrics = {
                 **result.metrics,
@@ -334,6 +336,8 @@ def _broadcast(obj: Any) -> Any:
 
 
 def _release_cached_memory() -> None:
+    """Hand torch's cached GPU blocks (the actor's activations, resharding's staging) back
+    before the engine's next wake-up allocates its KV cache outside torch's allocator."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

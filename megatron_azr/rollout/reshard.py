@@ -144,9 +144,19 @@ def engine_shard(
     kind: mapping.Kind, shard: torch.Tensor, tp: int, dims: mapping.AttnDims
 ) -> torch.Tensor:
     """The engine's shard of one parameter from the actor's shard of the same TP rank: the HF
-    pieces of the local heads/columns stacked ([q; k; v], [gate; up]); others as they are."""
-    pieces = mapping.to_hf(kind, shard, local_dims(dims, tp))
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    pieces of the local heads/columns stacked ([q; k; v], [gate; up]); others as they are.
+
+    Megatron's fc1 shard is [gate; up] of the local columns already, so only QKV (interleaved
+    by KV group in megatron) is rewritten, from views of the shard into one new tensor."""
+    if kind != "qkv":
+        return shard
+    out = shard.new_empty(shard.shape)
+    row = 0
+    for piece in mapping.qkv_split(shard, local_dims(dims, tp)):
+        rows = piece.shape[0] * piece.shape[1]
+        out.narrow(0, row, rows).view(piece.shape).copy_(piece)
+        row += rows
+    return out
 
 
 def padded_vocab_shard(full: torch.Tensor, tp_rank: int, shape: torch.Size) -> torch.Tensor:

@@ -65,16 +65,15 @@ def sample_next(
 
     ``generators[i]`` drives row i, so a sample does not depend on its batch neighbours.
     """
-    raw = logits.log_softmax(-1)
     if is_greedy(sampling):
         tokens = logits.argmax(-1)
-        return tokens, raw.gather(-1, tokens[:, None])[:, 0]
+        return tokens, logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
     processed = processed_logits(logits, sampling).log_softmax(-1)
     probs = processed.exp()
     tokens = torch.cat(
         [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
     )
-    chosen = processed if logprobs_mode == "processed" else raw
+    chosen = processed if logprobs_mode == "processed" else logits.log_softmax(-1)
     return tokens, chosen.gather(-1, tokens[:, None])[:, 0]
 
 

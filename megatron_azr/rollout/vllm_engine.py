@@ -123,6 +123,7 @@ class VLLMEngine:
         self._hf_shapes, self._hf_required = hf_parameter_shapes(model_dir)
         self.llm = self._vllm.LLM(**self._engine_args(str(model_dir)))
         self._asleep: set[str] = set()
+        self._shard_shapes: dict[str, torch.Size] | None = None
         # False while the weights are not known to be real: load_format="dummy", after sleep
         # level 2, after a failed update.
         self._weights_valid = self.cfg.load_format != "dummy"
@@ -250,9 +251,11 @@ class VLLMEngine:
         stats.log(self.name)
 
     def weight_shard_shapes(self) -> dict[str, torch.Size]:
-        """This rank's vLLM parameter names and shapes: the contract of ``layout="shards"``."""
-        shapes: dict[str, torch.Size] = self.llm.collective_rpc(_shard_shapes_on_worker)[0]
-        return shapes
+        """This rank's vLLM parameter names and shapes: the contract of ``layout="shards"``
+        (fixed once the engine is built: asked of its worker once)."""
+        if self._shard_shapes is None:
+            self._shard_shapes = self.llm.collective_rpc(_shard_shapes_on_worker)[0]
+        return self._shard_shapes
 
     def sleep(self) -> None:
         """Release GPU memory: level 1 offloads weights to host memory, level 2 drops them (the
