@@ -193,7 +193,7 @@ class Actor:
         self, mb: batching.MicroBatch, logits: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(positions, log-probs, entropies) of the response tokens of ``mb``."""
-        pos = mb.loss_mask[0].nonzero().squeeze(1)
+        pos = mb.response_pos
         local = logits[0].index_select(0, pos)
         tp = self.layout.tp
         lp, ent = logprob_and_entropy(
@@ -225,18 +225,16 @@ class Actor:
         mbs = self._micro_batches(samples, None, None)
 
         def loss_fn(mb: batching.MicroBatch, logits: torch.Tensor) -> Any:
-            pos, lp, _ = self._token_logprobs(mb, logits)
-            return lp.sum(), torch.tensor(0, dtype=torch.int, device=self.device), (mb, pos, lp)
+            _, lp, _ = self._token_logprobs(mb, logits)
+            return lp.sum(), torch.tensor(0, dtype=torch.int, device=self.device), (mb, lp)
 
         for m in self.chunks:
             m.eval()
-        for mb, pos, lp in run_schedule(
+        for mb, lp in run_schedule(
             self.chunks, mbs, loss_fn, forward_only=True, device=self.device
         ):
             k = 0
-            for s, start in zip(mb.seqs, mb.starts, strict=True):
-                first = start + s.prompt_len - 1
-                assert int(pos[k]) == first
+            for s in mb.seqs:  # response_pos lists each sequence's positions in turn
                 out[offsets[s.index] : offsets[s.index + 1]] = lp[k : k + s.response_len]
                 k += s.response_len
         self._reduce_from_last_stage(out)

@@ -8,9 +8,9 @@ the kernels need; ``cu_seqlens`` (THD) keeps attention and positions inside each
 Everything is deterministic, so all ranks of a pipeline agree on the micro-batches without
 communicating.
 
-Position ``i`` of a row predicts token ``i + 1``; ``loss_mask[i]`` is 1 exactly when token
-``i + 1`` is a response token of the same sequence. Response token ``j`` of a sample therefore
-sits at position ``start + len(prompt) + j - 1``.
+Position ``i`` of a row predicts token ``i + 1``; ``response_pos`` lists, in order, the
+positions whose token ``i + 1`` is a response token of the same sequence. Response token ``j``
+of a sample therefore sits at position ``start + len(prompt) + j - 1``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ class MicroBatch:
     tokens: torch.Tensor  # [1, S] int64
     position_ids: torch.Tensor  # [1, S] position within each sequence
     targets: torch.Tensor  # [1, S] next token (0 where none)
-    loss_mask: torch.Tensor  # [1, S] float: 1 where the target is a response token
+    # [R] int64: the positions whose target is a response token, in order (built here, on the
+    # host: finding them on the device would cost a sync per micro-batch)
+    response_pos: torch.Tensor
     advantages: torch.Tensor  # [1, S] float
     old_logprobs: torch.Tensor  # [1, S] float
     ref_logprobs: torch.Tensor | None  # [1, S] float
@@ -66,7 +68,7 @@ class MicroBatch:
             tokens=self.tokens.to(device),
             position_ids=self.position_ids.to(device),
             targets=self.targets.to(device),
-            loss_mask=self.loss_mask.to(device),
+            response_pos=self.response_pos.to(device),
             advantages=self.advantages.to(device),
             old_logprobs=self.old_logprobs.to(device),
             ref_logprobs=mv(self.ref_logprobs),
@@ -146,7 +148,7 @@ def collate(
         positions += range(total - n)
     tok = torch.tensor(tokens, dtype=torch.long)
     targets = torch.zeros(total, dtype=torch.long)
-    mask = torch.zeros(total)
+    response_pos: list[int] = []
     adv = torch.zeros(total)
     old = torch.zeros(total)
     ref = torch.zeros(total) if ref_logprobs is not None else None
@@ -154,7 +156,7 @@ def collate(
         first = start + s.prompt_len - 1  # position predicting the first response token
         sl = slice(first, first + s.response_len)
         targets[sl] = tok[start + s.prompt_len : start + s.length]
-        mask[sl] = 1.0
+        response_pos += range(first, first + s.response_len)
         adv[sl] = float(advantages[s.index])
         if old_logprobs is not None:
             old[sl] = torch.tensor(old_logprobs[s.index], dtype=torch.float32)
@@ -164,7 +166,7 @@ def collate(
         tokens=tok[None],
         position_ids=torch.tensor(positions, dtype=torch.long)[None],
         targets=targets[None],
-        loss_mask=mask[None],
+        response_pos=torch.tensor(response_pos, dtype=torch.long),
         advantages=adv[None],
         old_logprobs=old[None],
         ref_logprobs=None if ref is None else ref[None],

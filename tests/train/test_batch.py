@@ -46,9 +46,9 @@ def test_collate_positions_targets_and_masks():
     assert mb.tokens[0, :12].tolist() == [1, 2, 3, 7, 8, 4, 9, 10, 11, 5, 6, 12]
     assert mb.position_ids[0, :12].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 1, 2]
     # Position i predicts token i + 1: the response tokens, and only those, are targets.
-    mask = mb.loss_mask[0].bool()
-    assert mb.targets[0][mask].tolist() == [7, 8, 9, 10, 11, 12]
-    assert mask.nonzero().squeeze(1).tolist() == [2, 3, 5, 6, 7, 10]
-    assert mb.old_logprobs[0][mask].tolist() == [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
-    assert mb.advantages[0][mask].tolist() == [0.5, 0.5, -1.0, -1.0, -1.0, 2.0]
+    pos = mb.response_pos
+    assert mb.targets[0][pos].tolist() == [7, 8, 9, 10, 11, 12]
+    assert pos.tolist() == [2, 3, 5, 6, 7, 10]
+    assert mb.old_logprobs[0][pos].tolist() == [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
+    assert mb.advantages[0][pos].tolist() == [0.5, 0.5, -1.0, -1.0, -1.0, 2.0]
     assert mb.cu_seqlens().tolist() == [0, 5, 9, 12, 16]
