@@ -35,7 +35,7 @@ import torch.multiprocessing as mp
 
 from megatron_azr.models import mapping
 from megatron_azr.models.config import ModelConfig
-from megatron_azr.rollout.reshard import attn_dims, plan_entries, reshard
+from megatron_azr.rollout.reshard import plan_entries, reshard
 from megatron_azr.rollout.transport import ShardLayout, keep_freed_host_memory
 
 TP = 2
@@ -83,7 +83,7 @@ def _worker(rank: int, args: argparse.Namespace, port: int, queue) -> None:
     model_bytes = arch.num_parameters() * dtype.itemsize
     # The tensors a pass yields: the same sizes for the baselines.
     sizes = [math.prod(s) for e in entries for s in mapping.hf_shapes(
-        e.m, arch.hidden_size, arch.ffn_hidden_size, arch.vocab_size, attn_dims(arch)
+        e.m, arch.hidden_size, arch.ffn_hidden_size, arch.vocab_size, mapping.attn_dims(arch)
     )]  # fmt: skip
     # The baselines read the model's bytes from memory too (rank 0's shards twice over: as many
     # distinct bytes as the pass reads), not one buffer that may stay in cache.

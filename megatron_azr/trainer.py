@@ -47,6 +47,7 @@ from megatron_azr.rollout.transport import keep_freed_host_memory
 from megatron_azr.telemetry.logs import setup_logging
 from megatron_azr.telemetry.metrics import MetricsLogger
 from megatron_azr.train.actor import Actor
+from megatron_azr.train.dist import broadcast_object
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class LeaderRollout:
 
     def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[list[Completion]]:
         out = self.engine.generate(prompts, sampling) if self.engine is not None else None
-        return _broadcast(out)
+        return broadcast_object(out)
 
     def push_weights(self, actor: Actor) -> None:
         """The actor's weights into the engine (collective; only rank 0 receives tensors)."""
@@ -229,7 +230,7 @@ class LeaderExecutor:
 
     def run(self, jobs: Sequence[Job]) -> list[ExecResult]:
         out = self.executor.run(jobs) if self.executor is not None else None
-        return _broadcast(out)
+        return broadcast_object(out)
 
 
 def rollout_model_dir(actor: Any, path: Path) -> Path:
@@ -325,14 +326,6 @@ def load_checkpoint(actor: Any, path: Path, cfg: Config) -> tuple[int, Buffers]:
 
 def _is_leader() -> bool:
     return dist.get_rank() == 0
-
-
-def _broadcast(obj: Any) -> Any:
-    if dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _release_cached_memory() -> None:

@@ -49,10 +49,6 @@ META_FILES = (
 _IGNORED_HF = ("rotary_emb.inv_freq",)
 
 
-def attn_dims(arch: ModelConfig) -> mapping.AttnDims:
-    return mapping.AttnDims(arch.num_attention_heads, arch.num_query_groups, arch.head_dim)
-
-
 class HFWeights:
     """Lazy reader of an HF directory's safetensors (single file or sharded with an index)."""
 
@@ -141,7 +137,7 @@ def load_hf(chunks: list[torch.nn.Module], arch: ModelConfig, hf_dir: str | Path
     """Copy the HF weights at ``hf_dir`` into this rank's chunks; returns the HF names read."""
     arch.check_matches(ModelConfig.from_hf_dir(hf_dir), f"the HF config at {hf_dir}")
     tp, tp_rank, *_ = _layout()
-    dims = attn_dims(arch)
+    dims = mapping.attn_dims(arch)
     maps = _maps_by_name(arch)
     used: set[str] = set()
     named = list(global_named_parameters(chunks, arch))

@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from megatron_azr.models.config import ModelConfig
 
 Kind = Literal["vocab", "norm", "qkv", "row", "fc1"]
 
@@ -55,6 +58,10 @@ class AttnDims:
     @property
     def heads_per_group(self) -> int:
         return self.num_heads // self.num_groups
+
+
+def attn_dims(arch: ModelConfig) -> AttnDims:
+    return AttnDims(arch.num_attention_heads, arch.num_query_groups, arch.head_dim)
 
 
 @dataclass(frozen=True)

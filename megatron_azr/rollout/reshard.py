@@ -68,10 +68,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_BUCKET_BYTES = 512 << 20
 
 
-def attn_dims(arch: ModelConfig) -> mapping.AttnDims:
-    return mapping.AttnDims(arch.num_attention_heads, arch.num_query_groups, arch.head_dim)
-
-
 def local_dims(dims: mapping.AttnDims, tp: int) -> mapping.AttnDims:
     """The attention dims of one TP rank's heads (megatron shards whole KV groups)."""
     return mapping.AttnDims(dims.num_heads // tp, dims.num_groups // tp, dims.head_dim)
@@ -196,7 +192,7 @@ class Bucket:
 
 def _meta_shard_shape(m: mapping.ParamMap, arch: ModelConfig, tp: int) -> torch.Size:
     """The actor's TP shard shape of ``m``, computed by the mapping itself on meta tensors."""
-    dims = attn_dims(arch)
+    dims = mapping.attn_dims(arch)
     shapes = mapping.hf_shapes(m, arch.hidden_size, arch.ffn_hidden_size, arch.vocab_size, dims)
     full = mapping.from_hf(m.kind, tuple(torch.empty(s, device="meta") for s in shapes), dims)
     return mapping.shard(m.kind, full, 0, tp, dims).shape
@@ -225,7 +221,9 @@ def plan_entries(
                     f"the engine has no parameter {name!r} (it has e.g. "
                     f"{next(iter(shard_shapes), '?')!r})"
                 )
-            own = engine_shard(m.kind, torch.empty(shape, device="meta"), tp, attn_dims(arch)).shape
+            own = engine_shard(
+                m.kind, torch.empty(shape, device="meta"), tp, mapping.attn_dims(arch)
+            ).shape
             gather = own != shard_shapes[name]
             if gather and (m.kind != "vocab" or shard_shapes[name][1:] != own[1:]):
                 raise ValueError(
@@ -343,7 +341,7 @@ def reshard(
     if dst is not None and dst not in {p.rank for p in chosen.table}:
         return  # another data-parallel replica serves dst
     reading = dst is None or dst == chosen.me.rank
-    dims = attn_dims(arch)
+    dims = mapping.attn_dims(arch)
     started, nbytes = time.perf_counter(), 0
 
     def pack(bucket: Bucket, flat: torch.Tensor) -> None:

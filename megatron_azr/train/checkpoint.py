@@ -28,6 +28,7 @@ from megatron.core import dist_checkpointing
 from megatron_azr.models import hf_io
 from megatron_azr.models.config import ModelConfig
 from megatron_azr.train import mcore_compat
+from megatron_azr.train.dist import broadcast_object
 
 if TYPE_CHECKING:
     from megatron_azr.train.actor import Actor
@@ -76,12 +77,6 @@ def _sharded_state_dict(actor: Actor, with_optimizer: bool, is_loading: bool) ->
     return sd
 
 
-def _broadcast_str(s: str) -> str:
-    obj = [s]
-    dist.broadcast_object_list(obj, src=0)
-    return obj[0]
-
-
 def save(
     actor: Actor, path: str | Path, *, with_optimizer: bool = True, hf_dtype: str | None = None
 ) -> Path:
@@ -95,7 +90,7 @@ def save(
     tmp = ""
     if rank == 0:
         tmp = str(hf_io.staging_dir(final))
-    tmp_dir = Path(_broadcast_str(tmp))
+    tmp_dir = Path(broadcast_object(tmp))
     try:
         if rank == 0:
             (tmp_dir / "dist").mkdir()
