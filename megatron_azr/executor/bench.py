@@ -29,6 +29,7 @@ from typing import Any
 from megatron_azr.azr.config import AZRConfig
 from megatron_azr.azr.protocols import Job, JobKind
 from megatron_azr.executor.config import ExecutorConfig
+from megatron_azr.executor.runtime.harness import find_banned_imports, truncate
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "benchmarks" / "cruxeval.jsonl"
 RUN_TEMPLATE = "{code}\nrepr(f({inputs}))"
@@ -80,11 +81,6 @@ def original_execute(lines: list[str], timeout_length: float) -> tuple[Any, str]
     return result, report
 
 
-def _truncate(s: str, max_length: int = 400) -> str:
-    half = max_length // 2
-    return s[:half] + "..." + s[-half:] if len(s) > max_length else s
-
-
 def original_apply(pool: Any, code: str, timeout_length: float) -> tuple[str, str]:
     """``apply(code)`` = ``batch_apply([code])``: one pool.map round trip per program."""
     from concurrent.futures import TimeoutError as FutureTimeout
@@ -103,7 +99,7 @@ def original_apply(pool: Any, code: str, timeout_length: float) -> tuple[str, st
         except Exception as error:
             out.append(("", f"Error: {error}"))
     res, report = out[0]
-    return _truncate(str(res).strip()), _truncate(str(report).strip())
+    return truncate(str(res)), truncate(str(report))
 
 
 def run_baseline(
@@ -117,8 +113,6 @@ def run_baseline(
             "the baseline needs pebble (the original executor's pool): pip install pebble "
             "(it is in the dev/test extras)"
         ) from e
-    from megatron_azr.executor.runtime.harness import find_banned_imports
-
     template = CHECK_DETERMINISM_TEMPLATE if banned is not None else RUN_TEMPLATE
     outputs, latencies = [], []
     start = time.perf_counter()

@@ -249,11 +249,8 @@ class SandboxExecutor:
         if task.tid != frame["tid"]:
             raise ExecutorError(f"worker {w.index} answered task {frame['tid']}, not {task.tid}")
         result = results.interpret(task.payload, frame)
-        if result["signal"] == 9 and w.group is not None:
-            ooms = w.group.oom_kills()
-            if ooms > w.oom_seen:  # the memory cgroup's OOM killer, not us, sent the SIGKILL
-                result["status"], result["error_type"] = "memory", "OOMKilled"
-            w.oom_seen = ooms
+        if result["signal"] == 9 and w.oom_killed():  # the OOM killer, not us, sent the SIGKILL
+            result["status"], result["error_type"] = "memory", "OOMKilled"
         task.result = result
         return 1
 
@@ -264,7 +261,7 @@ class SandboxExecutor:
         done = 0
         if w.inflight:
             head = w.inflight.popleft()
-            if why == "WorkerDied" and w.group is not None and w.group.oom_kills() > w.oom_seen:
+            if why == "WorkerDied" and w.oom_killed():
                 status, why = "memory", "OOMKilled"
             head.result = results.lost(why, status)
             done = 1

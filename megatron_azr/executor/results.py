@@ -13,8 +13,7 @@ import signal
 from typing import Any
 
 from megatron_azr.azr.protocols import ExecResult
-
-STDERR_TAIL = 2000
+from megatron_azr.executor.runtime.protocol import STDERR_TAIL
 
 
 def interpret(task: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:

@@ -143,6 +143,15 @@ class Worker:
                 os._exit(0)
         os.waitpid(pid, 0)
 
+    def oom_killed(self) -> bool:
+        """Whether the memory cgroup's OOM killer struck since the last look."""
+        if self.group is None:
+            return False
+        ooms = self.group.oom_kills()
+        struck = ooms > self.oom_seen
+        self.oom_seen = ooms
+        return struck
+
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the server to finish (end of its input), then make sure nothing is left."""
         if self.proc is not None and self.proc.poll() is None:
@@ -151,9 +160,7 @@ class Worker:
                 self.proc.stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
-        self.kill()
-        if self.group is not None:
-            self.group.remove()
+        self.kill()  # its cgroup goes with the pool's (PoolCgroups.remove)
 
     def _close_pipes(self) -> None:
         assert self.proc is not None

@@ -10,12 +10,12 @@ does this (its executor is a sandbox).
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from megatron_azr.azr.parsing import fences
 from megatron_azr.azr.protocols import Completion, ExecResult, Job, SamplingParams
+from megatron_azr.executor.runtime.harness import find_banned_imports
 
 
 def completion(text: str, prompt: str = "") -> Completion:
@@ -53,20 +53,6 @@ def _namespace(program: str, imports: Sequence[str] = ()) -> dict[str, Any]:
     return ns
 
 
-def _banned(program: str, banned: Sequence[str]) -> bool:
-    for node in ast.walk(ast.parse(program)):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module]
-        for name in names:
-            parts = name.split(".")
-            if any(".".join(parts[: i + 1]) in banned for i in range(len(parts))):
-                return True
-    return False
-
-
 class InProcessExecutor:
     """Grades jobs like the real executor would, for trusted test programs only.
 
@@ -92,7 +78,7 @@ class InProcessExecutor:
                 return ExecResult(job.id, status)  # type: ignore[arg-type]
         try:
             if job.kind == "validate":
-                if _banned(job.program, job.banned_imports):
+                if find_banned_imports(job.program, list(job.banned_imports)):
                     return ExecResult(job.id, "invalid", error_type="BannedImport")
                 ns = _namespace(job.program)
                 outputs = []

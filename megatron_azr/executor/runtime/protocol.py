@@ -8,6 +8,7 @@ import struct
 from typing import Any
 
 MAX_FRAME = 64 << 20
+STDERR_TAIL = 2000  # bytes of a job's stderr an answer carries
 _HEADER = struct.Struct(">I")
 
 

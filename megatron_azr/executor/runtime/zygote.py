@@ -40,7 +40,6 @@ from . import harness, protocol
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _RESULT_FD = 3
-_STDERR_TAIL = 2000
 
 # Trusted code run once at start so the server's allocator and caches look like they do after
 # real work: children forked from a warm server touch far fewer fresh pages.
@@ -129,7 +128,7 @@ class Zygote:
         err = b""
         size = os.fstat(self.errfd).st_size
         if size:
-            err = os.pread(self.errfd, _STDERR_TAIL, max(0, size - _STDERR_TAIL))
+            err = os.pread(self.errfd, protocol.STDERR_TAIL, max(0, size - protocol.STDERR_TAIL))
             os.ftruncate(self.errfd, 0)
             os.lseek(self.errfd, 0, os.SEEK_SET)
         answer = protocol.encode_answer(task["tid"], status, timed_out, elapsed, out, err)
@@ -152,11 +151,7 @@ class Zygote:
             for which, value in self.limits:
                 resource.setrlimit(which, value)
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-            if self.uid is not None:
-                os.setgroups([])
-                if self.gid is not None:
-                    os.setgid(self.gid)
-                os.setuid(self.uid)
+            self._become_job_user()
             if not self.pid_namespace:
                 # In a pid namespace the kernel ends the jobs with the server; outside one, ask
                 # for it (after setuid: a credential change clears the parent-death signal).
@@ -222,6 +217,14 @@ class Zygote:
         with open(f"/proc/self/task/{self.pid}/children") as fh:
             return [int(p) for p in fh.read().split()]
 
+    def _become_job_user(self) -> None:
+        """In a child: drop to the jobs' uid (no supplementary groups), for good."""
+        if self.uid is not None:
+            os.setgroups([])
+            if self.gid is not None:
+                os.setgid(self.gid)
+            os.setuid(self.uid)
+
     def _remove(self, jobdir: str) -> bool:
         try:
             os.rmdir(jobdir)
@@ -233,11 +236,7 @@ class Zygote:
         if pid == 0:
             code = 1
             try:
-                if self.uid is not None:
-                    os.setgroups([])
-                    if self.gid is not None:
-                        os.setgid(self.gid)
-                    os.setuid(self.uid)
+                self._become_job_user()
                 _scrub(jobdir)
                 code = 0
             finally:
