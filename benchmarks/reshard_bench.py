@@ -123,7 +123,7 @@ def _worker(rank: int, args: argparse.Namespace, port: int, queue) -> None:
         "reshard, shm -> every rank": run("shm", None),
     }
     best = dict.fromkeys(cases, float("inf"))
-    run("shm", 0)()  # warm-up: page the shards and the shared-memory window in once
+    run("shm", 0)()  # warm-up: page the shards in (every pass maps a new shared-memory window)
     for _ in range(args.repeats):
         for name, fn in cases.items():
             best[name] = min(best[name], _timed(fn))

@@ -152,7 +152,6 @@ class Transport:
     def __init__(self, layout: ShardLayout, table: list[Peer], me: Peer) -> None:
         self.layout, self.table, self.me = layout, table, me
         self._at = {(p.pp_rank, p.tp_rank): p.rank for p in table}
-        self._tp_of = {p.rank: p.tp_rank for p in table}
 
     def rank_at(self, pp_rank: int, tp_rank: int) -> int:
         return self._at[(pp_rank, tp_rank)]
@@ -271,18 +270,13 @@ class SharedMemoryTransport(Transport):
         half = self._window[(self._k % 2) * self.capacity :][: lay.tp * n]
         self._k += 1
         slots = {r: half[r * n : (r + 1) * n] for r in range(lay.tp)}
-        if lay.pp_rank == move.owner and self._slot_is_read(move):
+        assert move.dst is None or move.gather  # a single reader reads every TP rank's slot
+        # Every slot of a moved bucket is read by someone, except a single reader's own: it
+        # takes its shards from its parameters.
+        if lay.pp_rank == move.owner and move.dst != self.me.rank:
             pack(slots[lay.tp_rank])
         dist.barrier(group=lay.mp_group)
         return slots if move.dst in (None, self.me.rank) else None
-
-    def _slot_is_read(self, move: Move) -> bool:
-        """Whether a reader takes this owner rank's slot from the window (readers in the owner
-        stage take their own shards from their parameters)."""
-        lay = self.layout
-        if move.dst is None:
-            return lay.pp > 1 or move.gather
-        return move.dst != self.me.rank and (move.gather or self._tp_of[move.dst] == lay.tp_rank)
 
     def close(self) -> None:
         self._window = None
