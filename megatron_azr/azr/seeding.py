@@ -35,7 +35,9 @@ from megatron_azr.azr.selfplay import (
     PROMPT_ATTEMPTS,
     execute_checked,
     generate_checked,
+    induction_record,
     induction_validation_job,
+    program_record,
     program_validation_job,
     sampling_params,
 )
@@ -161,17 +163,8 @@ class Seeder:
                 if isinstance(p, ParseFailure) or job is None:
                     continue
                 result = results[job.id]
-                if result.status != "ok" or len(result.outputs) != 1:
-                    continue
-                out.append(
-                    Triplet(
-                        snippet=p.code,
-                        input=p.input,
-                        output=result.outputs[0],
-                        imports=list(p.imports),
-                        original_snippet=p.original_code,
-                    )
-                )
+                if result.ok and len(result.outputs) == 1:
+                    out.append(program_record(p, result.outputs[0]))
             return out
 
         return self._grow(seeds, propose, "triplets")
@@ -201,17 +194,8 @@ class Seeder:
                 if isinstance(p, ParseFailure) or job is None or program is None:
                     continue
                 result = results[job.id]
-                if result.status != "ok" or len(result.outputs) != len(p.inputs):
-                    continue
-                out.append(
-                    InductionTask(
-                        snippet=program.snippet,
-                        inputs=list(p.inputs),
-                        outputs=list(result.outputs),
-                        message=p.message,
-                        imports=list(program.imports),
-                    )
-                )
+                if result.ok and len(result.outputs) == len(p.inputs):
+                    out.append(induction_record(program, p, result.outputs))
             return out
 
         return self._grow([identity_induction_task()], propose, "tasks (induction)")

@@ -160,6 +160,35 @@ def induction_validation_job(program: str, proposal: InductionProposal, cfg: AZR
     )
 
 
+def program_record(
+    proposal: ProgramProposal, output: str, *, step: int = 0, thought: str = ""
+) -> Triplet:
+    """The deduction/abduction task a validated program proposal becomes."""
+    return Triplet(
+        snippet=proposal.code,
+        input=proposal.input,
+        output=output,
+        imports=list(proposal.imports),
+        original_snippet=proposal.original_code,
+        thought=thought,
+        step=step,
+    )
+
+
+def induction_record(
+    program: Triplet, proposal: InductionProposal, outputs: Sequence[str], *, step: int = 0
+) -> InductionTask:
+    """The induction task validated inputs for a buffer program become."""
+    return InductionTask(
+        snippet=program.snippet,
+        inputs=list(proposal.inputs),
+        outputs=list(outputs),
+        message=proposal.message,
+        imports=list(program.imports),
+        step=step,
+    )
+
+
 def sampling_params(cfg: AZRConfig) -> SamplingParams:
     """The sampling of every rollout, proposer and solver alike (spec §9)."""
     return SamplingParams(
@@ -434,24 +463,10 @@ class SelfPlayStep:
         parsed = proposal.parsed
         if isinstance(parsed, InductionProposal):
             assert pp.program is not None
-            proposal.record = InductionTask(
-                snippet=pp.program.snippet,
-                inputs=list(parsed.inputs),
-                outputs=list(result.outputs),
-                message=parsed.message,
-                imports=list(pp.program.imports),
-                step=step,
-            )
+            proposal.record = induction_record(pp.program, parsed, result.outputs, step=step)
         elif isinstance(parsed, ProgramProposal):
-            proposal.record = Triplet(
-                snippet=parsed.code,
-                input=parsed.input,
-                output=result.outputs[0],
-                imports=list(parsed.imports),
-                original_snippet=parsed.original_code,
-                thought=extract_thought(proposal.completion.text),
-                step=step,
-            )
+            thought = extract_thought(proposal.completion.text)
+            proposal.record = program_record(parsed, result.outputs[0], step=step, thought=thought)
 
     def _estimate_solve_rates(self, valid: list[Proposal], sampling: SamplingParams) -> None:
         """r̄ = mean accuracy of ``n_learnability_samples`` solver answers (no format
