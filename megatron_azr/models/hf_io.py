@@ -211,27 +211,40 @@ def write_safetensors(
     max_shard_bytes: int,
     dtype: torch.dtype | None = None,
 ) -> None:
-    """Write named tensors as HF-style safetensors shards (+ index when more than one)."""
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
+    """Write named tensors (cast to ``dtype``) as HF-style safetensors shards of at most
+    ``max_shard_bytes`` (+ index when more than one), holding one shard in memory at a time.
+
+    Shards are written under temporary names as they fill and renamed once their count, which
+    HF file names carry, is known."""
+    written: list[list[str]] = []  # tensor names of each shard written
+    shard: dict[str, torch.Tensor] = {}
+    size = total = 0
+
+    def flush() -> None:
+        save_file(shard, out_dir / f".shard-{len(written)}", metadata={"format": "pt"})
+        written.append(list(shard))
+        shard.clear()
+
     for name, t in tensors:
+        t = t.detach().to("cpu", dtype or t.dtype, copy=True).contiguous()
         nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
+        if shard and size + nbytes > max_shard_bytes:
+            flush()
             size = 0
-        shards[-1][name] = t.detach().to("cpu", dtype or t.dtype, copy=True).contiguous()
+        shard[name] = t
+        del t
         size += nbytes
-    n = len(shards)
+        total += nbytes
+    flush()
+    n = len(written)
     if n == 1:
-        save_file(shards[0], out_dir / "model.safetensors", metadata={"format": "pt"})
+        os.replace(out_dir / ".shard-0", out_dir / "model.safetensors")
         return
-    weight_map, total = {}, 0
-    for i, shard in enumerate(shards):
+    weight_map = {}
+    for i, names in enumerate(written):
         file = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        save_file(shard, out_dir / file, metadata={"format": "pt"})
-        for name, t in shard.items():
-            weight_map[name] = file
-            total += t.numel() * t.element_size()
+        os.replace(out_dir / f".shard-{i}", out_dir / file)
+        weight_map.update(dict.fromkeys(names, file))
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
