@@ -12,9 +12,9 @@ import builtins
 import keyword
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-Family = Literal["qwen2", "llama"]
+from megatron_azr.models.config import LLAMA3_ROPE_FIXED, Family
 
 EOS = "<|endoftext|>"
 
@@ -72,13 +72,7 @@ def make_tiny_model(
     out = train_tokenizer(out_dir, vocab_size)
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": rope_theta}
     if llama3_rope_factor is not None:  # Llama-3.1 style long-context RoPE scaling
-        rope.update(
-            rope_type="llama3",
-            factor=llama3_rope_factor,
-            low_freq_factor=1.0,
-            high_freq_factor=4.0,
-            original_max_position_embeddings=8192,
-        )
+        rope.update(rope_type="llama3", factor=llama3_rope_factor, **LLAMA3_ROPE_FIXED)
     common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
