@@ -175,9 +175,7 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>") -> T:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     def plain(v: Any) -> Any:
-        if isinstance(v, tuple):
-            return [plain(x) for x in v]
-        if isinstance(v, list):
+        if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
