@@ -32,7 +32,8 @@ from megatron_azr.azr.parsing import (
 from megatron_azr.azr.prompts import proposer_prompt
 from megatron_azr.azr.protocols import Executor, Generator, Job, TaskType
 from megatron_azr.azr.selfplay import (
-    PROMPT_ATTEMPTS,
+    ProposerPrompt,
+    draw_prompts,
     execute_checked,
     generate_checked,
     induction_record,
@@ -84,18 +85,8 @@ class Seeder:
             triplets, induction, self.cfg.max_buffer_size, self.cfg.buffer_cap_policy
         )
 
-    def _plan(
-        self, draw: Callable[[], tuple[str, Triplet | None]]
-    ) -> list[tuple[str, Triplet | None]]:
-        """``batch_size`` prompts from ``draw`` (prompt, program), redrawing too-long ones."""
-        out = []
-        for _ in range(self.cfg.batch_size):
-            for _attempt in range(PROMPT_ATTEMPTS):
-                prompt, program = draw()
-                if self.prompt_fits(prompt):
-                    out.append((prompt, program))
-                    break
-        return out
+    def _plan(self, draw: Callable[[], ProposerPrompt]) -> list[ProposerPrompt]:
+        return draw_prompts(self.cfg.batch_size, draw, self.prompt_fits)
 
     def _texts(self, prompts: list[str]) -> list[str]:
         return [group[0].text for group in generate_checked(self.rollout, prompts, self.sampling)]
@@ -127,7 +118,7 @@ class Seeder:
         seeds = [identity_triplet()]
         k = cfg.k_references if cfg.include_references else 0
 
-        def draw(task: TaskType) -> tuple[str, Triplet | None]:
+        def draw(task: TaskType) -> ProposerPrompt:
             refs = self.rng.sample(seeds, min(k, len(seeds)))
             prompt = proposer_prompt(
                 task,
@@ -136,13 +127,13 @@ class Seeder:
                 timeout_s=cfg.program_timeout_s,
                 seeding=True,
             )
-            return prompt, None
+            return ProposerPrompt(task, prompt)
 
         def propose() -> list[Triplet]:
             prompts = [
-                prompt
+                pp.prompt
                 for task in (TaskType.ABDUCTION, TaskType.DEDUCTION)
-                for prompt, _ in self._plan(functools.partial(draw, task))
+                for pp in self._plan(functools.partial(draw, task))
             ]
             parsed = [
                 parse_program_proposal(
@@ -172,25 +163,26 @@ class Seeder:
     def seed_induction(self, programs: list[Triplet]) -> list[InductionTask]:
         cfg = self.cfg
 
-        def draw() -> tuple[str, Triplet | None]:
+        def draw() -> ProposerPrompt:
             program = self.rng.choice(programs)
             n = cfg.n_induction_inputs
             prompt = proposer_prompt(TaskType.INDUCTION, program=program.snippet, n_inputs=n)
-            return prompt, program
+            return ProposerPrompt(TaskType.INDUCTION, prompt, program)
 
         def propose() -> list[InductionTask]:
             plan = self._plan(draw)
-            texts = self._texts([prompt for prompt, _ in plan])
+            texts = self._texts([pp.prompt for pp in plan])
             parsed = [parse_induction_proposal(t, cfg.n_induction_inputs) for t in texts]
             jobs: list[Job | None] = [
                 None
-                if isinstance(p, ParseFailure) or program is None
-                else induction_validation_job(program.snippet, p, cfg)
-                for p, (_, program) in zip(parsed, plan, strict=True)
+                if isinstance(p, ParseFailure) or pp.program is None
+                else induction_validation_job(pp.program.snippet, p, cfg)
+                for p, pp in zip(parsed, plan, strict=True)
             ]
             results = execute_checked(self.executor, [j for j in jobs if j is not None])
             out = []
-            for p, job, (_, program) in zip(parsed, jobs, plan, strict=True):
+            for p, job, pp in zip(parsed, jobs, plan, strict=True):
+                program = pp.program
                 if isinstance(p, ParseFailure) or job is None or program is None:
                     continue
                 result = results[job.id]

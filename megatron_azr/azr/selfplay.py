@@ -120,10 +120,25 @@ class StepResult:
 
 
 @dataclass
-class _ProposerPrompt:
+class ProposerPrompt:
     task: TaskType
     prompt: str
     program: Triplet | None = None  # induction: the buffer program the inputs are for
+
+
+def draw_prompts(
+    n: int, draw: Callable[[], ProposerPrompt], fits: Callable[[str], bool]
+) -> list[ProposerPrompt]:
+    """``n`` proposer prompts from ``draw``; one that does not ``fit`` is redrawn, up to
+    ``PROMPT_ATTEMPTS`` times, then left out (the batch comes out short)."""
+    out = []
+    for _ in range(n):
+        for _attempt in range(PROMPT_ATTEMPTS):
+            pp = draw()
+            if fits(pp.prompt):
+                out.append(pp)
+                break
+    return out
 
 
 def job_id(job: Job) -> str:
@@ -368,37 +383,34 @@ class SelfPlayStep:
 
     # ------------------------------------------------------------------------------- loaders
 
-    def _proposer_prompts(self, task: TaskType, rng: random.Random) -> list[_ProposerPrompt]:
+    def _proposer_prompts(self, task: TaskType, rng: random.Random) -> list[ProposerPrompt]:
         cfg = self.cfg
-        out: list[_ProposerPrompt] = []
         if task is TaskType.INDUCTION:
             pool = self.buffers.programs()
             if not pool:
-                return out
-            for _ in range(cfg.batch_size):
-                for _attempt in range(PROMPT_ATTEMPTS):
-                    program = rng.choice(pool)
-                    prompt = proposer_prompt(
-                        task, program=program.snippet, n_inputs=cfg.n_induction_inputs
-                    )
-                    if self.prompt_fits(prompt):
-                        out.append(_ProposerPrompt(task, prompt, program))
-                        break
-            return out
-        k = cfg.k_references if cfg.include_references else 0
-        buffer = self.buffers.program_buffer(task)
-        for _ in range(cfg.batch_size):
-            for _attempt in range(PROMPT_ATTEMPTS):
+                return []
+
+            def draw() -> ProposerPrompt:
+                program = rng.choice(pool)
+                n = cfg.n_induction_inputs
+                return ProposerPrompt(
+                    task, proposer_prompt(task, program=program.snippet, n_inputs=n), program
+                )
+
+        else:
+            k = cfg.k_references if cfg.include_references else 0
+            buffer = self.buffers.program_buffer(task)
+
+            def draw() -> ProposerPrompt:
                 prompt = proposer_prompt(
                     task,
                     references=buffer.sample(k, rng),
                     banned=cfg.banned_imports,
                     timeout_s=cfg.program_timeout_s,
                 )
-                if self.prompt_fits(prompt):
-                    out.append(_ProposerPrompt(task, prompt))
-                    break
-        return out
+                return ProposerPrompt(task, prompt)
+
+        return draw_prompts(cfg.batch_size, draw, self.prompt_fits)
 
     def _solver_tasks(
         self, task: TaskType, step: int, rng: random.Random
@@ -425,7 +437,7 @@ class SelfPlayStep:
 
     # ------------------------------------------------------------------------------- proposals
 
-    def _validation_job(self, proposal: Proposal, pp: _ProposerPrompt) -> Job | None:
+    def _validation_job(self, proposal: Proposal, pp: ProposerPrompt) -> Job | None:
         """The executor job that validates a proposal, or None (failure recorded) if it does not
         even parse."""
         cfg = self.cfg
@@ -450,7 +462,7 @@ class SelfPlayStep:
         return program_validation_job(parsed, cfg)
 
     def _accept(
-        self, proposal: Proposal, job: Job, result: ExecResult, pp: _ProposerPrompt, step: int
+        self, proposal: Proposal, job: Job, result: ExecResult, pp: ProposerPrompt, step: int
     ) -> None:
         """Turn a validated proposal into a task record; ANY non-ok status makes it invalid (the
         original let statuses without the word "error" through, spec §5.2 item 3)."""
