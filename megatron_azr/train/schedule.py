@@ -49,9 +49,11 @@ def run_schedule(
     ``finalize_model_grads`` (set on the config) syncs and scales them at the end.
     """
 
+    # On the device once: every model chunk (virtual pipeline stage) reads each micro-batch.
+    inputs = [(mb.to(device), _packed_params(mb, device)) for mb in micro_batches]
+
     def forward_step(data_iterator: Any, model: torch.nn.Module) -> tuple[torch.Tensor, Any]:
-        mb: MicroBatch = next(data_iterator).to(device)
-        packed = _packed_params(mb, device)
+        mb, packed = next(data_iterator)
         logits = model(mb.tokens, mb.position_ids, None, packed_seq_params=packed)
         return logits, partial(loss_fn, mb)
 
@@ -60,7 +62,7 @@ def run_schedule(
     return list(
         fwd_bwd(
             forward_step_func=forward_step,
-            data_iterator=[iter(micro_batches) for _ in chunks],
+            data_iterator=[iter(inputs) for _ in chunks],
             model=list(chunks),
             num_microbatches=len(micro_batches),
             seq_length=max_len,
