@@ -33,11 +33,9 @@ def extract_answer(response: str) -> str | None:
     return response.rsplit("<answer>", 1)[1].split("</answer>", 1)[0].strip()
 
 
-def extract_thought(response: str, prompt_opens_think: bool = True) -> str:
-    text = "<think>" + response if prompt_opens_think else response
-    if "<think>" not in text:
-        return ""
-    return text.rsplit("<think>", 1)[1].split("</think>", 1)[0].strip()
+def extract_thought(response: str) -> str:
+    """The text of the think block the prompt opened, up to ``</think>`` (or the end)."""
+    return ("<think>" + response).rsplit("<think>", 1)[1].split("</think>", 1)[0].strip()
 
 
 # Anchored at the start of the generation; text after </answer> is tolerated (spec §6.1).

@@ -106,7 +106,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         f"{('v' + str(plat.cgroups.version)) if plat.cgroups.available else plat.cgroups.reason}"
     )
     try:
-        layers, checks, _ = doctor.probe(cfg)
+        layers, checks = doctor.probe(cfg)
     except (sandbox.SandboxUnavailable, ExecutorError) as e:
         console.print(f"[bold red]refused:[/] {e}")
         return 2

@@ -12,7 +12,6 @@ import ast
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from megatron_azr.azr.protocols import Job
 from megatron_azr.executor.config import ExecutorConfig
@@ -76,8 +75,8 @@ class Check:
     evidence: str
 
 
-def probe(cfg: ExecutorConfig) -> tuple[list[tuple[str, str]], list[Check], dict[str, Any]]:
-    """(layers claimed, checks verified, raw observations); raises SandboxUnavailable."""
+def probe(cfg: ExecutorConfig) -> tuple[list[tuple[str, str]], list[Check]]:
+    """(layers claimed, checks verified); raises SandboxUnavailable."""
     from megatron_azr.executor.pool import SandboxExecutor
 
     project = str(Path(__file__).resolve().parents[2])
@@ -130,4 +129,4 @@ def probe(cfg: ExecutorConfig) -> tuple[list[tuple[str, str]], list[Check], dict
                 f"write /tmp: {seen['write_tmp']}; project visible: {seen['project_visible']}",
             )
         )
-    return layers, checks, seen
+    return layers, checks

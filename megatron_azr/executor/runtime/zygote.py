@@ -68,7 +68,6 @@ class Zygote:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.uid: int | None = cfg["uid"]
         self.gid: int | None = cfg["gid"]
-        self.rlimits: dict[str, int] = cfg["rlimits"]
         self.workdir: str = cfg["workdir"]
         self.pid_namespace: bool = cfg["pid_namespace"]
         self.output_cap: int = cfg["output_cap"]
@@ -78,7 +77,7 @@ class Zygote:
         self.errfd = os.memfd_create("job-stderr", os.MFD_CLOEXEC)
         self.libc = ctypes.CDLL(None, use_errno=True)
         self.poller = select.poll()
-        r = self.rlimits
+        r: dict[str, int] = cfg["rlimits"]
         self.limits = [
             (resource.RLIMIT_AS, (r["as"], r["as"])),
             (resource.RLIMIT_FSIZE, (r["fsize"], r["fsize"])),
