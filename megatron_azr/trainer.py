@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -29,6 +28,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from megatron_azr import atomic
 from megatron_azr.azr.buffers import Buffers
 from megatron_azr.azr.protocols import (
     Completion,
@@ -252,7 +252,7 @@ def rollout_model_dir(actor: Any, path: Path) -> Path:
             dtype = next(iter(actor.models[0].parameters())).dtype
             (tmp / "config.json").write_text(json.dumps(hf_io.hf_config(actor.arch, dtype)))
             train_tokenizer(tmp, actor.arch.vocab_size)
-        hf_io.replace_dir(tmp, path)
+        atomic.replace_dir(tmp, path)
     dist.barrier()
     return path
 
@@ -284,7 +284,6 @@ def latest_checkpoint(out: Path) -> Path | None:
 def save_checkpoint(actor: Any, buffers: Buffers, step: int, out: Path, keep: int) -> Path:
     """Actor (weights + optimizer, reshardable), buffers and step, written to a temporary
     directory and renamed into place; ``latest`` moves only after that (collective)."""
-    from megatron_azr.models import hf_io
     from megatron_azr.train import checkpoint
 
     root = checkpoint_root(out)
@@ -297,12 +296,10 @@ def save_checkpoint(actor: Any, buffers: Buffers, step: int, out: Path, keep: in
     checkpoint.save(actor, tmp / "actor")
     if _is_leader():
         buffers.save(tmp / "buffers")
-        state = tmp / STATE_FILE
-        state.write_text(json.dumps({"step": step, "actor_steps": actor.steps}))
-        with state.open() as f:
-            os.fsync(f.fileno())
-        hf_io.replace_dir(tmp, final)
-        _write_atomic(root / LATEST, final.name)
+        state = {"step": step, "actor_steps": actor.steps}
+        atomic.write_text(tmp / STATE_FILE, json.dumps(state))
+        atomic.replace_dir(tmp, final)
+        atomic.write_text(root / LATEST, final.name)
         done = sorted(p for p in root.glob("step_*") if p.is_dir())
         for old in done[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -337,14 +334,6 @@ def _release_cached_memory() -> None:
 
 def _step_seed(run_seed: int, step: int) -> int:
     return (run_seed * 1_000_003 + step) % (2**31)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    with tmp.open() as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _summary(metrics: dict[str, float]) -> str:

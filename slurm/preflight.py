@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from megatron_azr import atomic
 from megatron_azr.config import Config, ConfigError, dump_config, load_config, to_dict
 
 
@@ -112,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"azr preflight: config differs from the recorded one: {line}", file=sys.stderr)
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".config.yaml.tmp"
-    tmp.write_text(dump_config(cfg))
-    os.replace(tmp, out / "config.yaml")
+    atomic.write_text(out / "config.yaml", dump_config(cfg))
     print(f"azr preflight: {summary(cfg, args.world)}")
     return 0
 

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from megatron_azr import atomic
 from megatron_azr.models import mapping
 from megatron_azr.models.config import LLAMA3_ROPE_FIXED, ModelConfig
 
@@ -258,27 +258,6 @@ def copy_meta_files(src: Path, dst: Path) -> bool:
     return "config.json" in present
 
 
-def staging_dir(final: Path) -> Path:
-    """A new empty directory beside ``final`` to build it in, then :func:`replace_dir` it."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would survive the rename
-    return tmp
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; an existing ``dst`` is removed only once ``src`` is in place."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_hf(
     chunks: list[torch.nn.Module],
     arch: ModelConfig,
@@ -301,13 +280,13 @@ def save_hf(
             pass
         dist.barrier()
         return
-    tmp = staging_dir(out)
+    tmp = atomic.staging_dir(out)
     try:
         dtype = dtype or next(iter(chunks[0].parameters())).dtype
         write_safetensors(tensors, tmp, max_shard_bytes, dtype)
         if meta_from is None or not copy_meta_files(Path(meta_from), tmp):
             (tmp / "config.json").write_text(json.dumps(hf_config(arch, dtype), indent=2))
-        replace_dir(tmp, out)
+        atomic.replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
+from megatron_azr import atomic
 from megatron_azr.models import hf_io
 from megatron_azr.models.config import ModelConfig
 from megatron_azr.train import mcore_compat
@@ -89,7 +89,7 @@ def save(
     rank = dist.get_rank()
     tmp = ""
     if rank == 0:
-        tmp = str(hf_io.staging_dir(final))
+        tmp = str(atomic.staging_dir(final))
     tmp_dir = Path(broadcast_object(tmp))
     try:
         if rank == 0:
@@ -101,7 +101,7 @@ def save(
         dist.barrier()
         if rank == 0:
             _write_meta_and_hf(actor, tmp_dir, with_optimizer, hf_dtype)
-            hf_io.replace_dir(tmp_dir, final)
+            atomic.replace_dir(tmp_dir, final)
     except BaseException:
         if rank == 0:
             shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -131,10 +131,7 @@ def _write_meta_and_hf(
     if actor.hf_source is not None:
         (tmp_dir / "hf").mkdir()
         hf_io.copy_meta_files(actor.hf_source, tmp_dir / "hf")
-    meta_file = tmp_dir / "meta.json"
-    meta_file.write_text(json.dumps(meta, indent=2))
-    with open(meta_file) as fh:
-        os.fsync(fh.fileno())
+    atomic.write_text(tmp_dir / "meta.json", json.dumps(meta, indent=2))
 
 
 def _check_card(actor: Actor, meta: dict[str, Any], path: Path) -> None:
