@@ -120,9 +120,10 @@ def train(cfg: Config) -> dict[str, float]:
             with _timed(times, "update"):
                 update = actor.update(samples) if samples else {}
                 _release_cached_memory()
-            with _timed(times, "reshard"):
-                engine.push_weights(actor)
-                _release_cached_memory()
+            if step < cfg.run.steps:  # no rollout follows the last update
+                with _timed(times, "reshard"):
+                    engine.push_weights(actor)
+                    _release_cached_memory()
             times["time/step_s"] = time.perf_counter() - t0
             metrics = {
                 **result.metrics,
