@@ -38,6 +38,8 @@ class SamplingParams:
     max_tokens: int = 8096
     n: int = 1  # samples per prompt; engines share the prompt's KV cache among them
     stop: tuple[str, ...] = ()
+    # Sample j of every prompt draws from seed + j (vLLM's semantics). Callers that need
+    # independent prompts pass per-prompt ``seeds`` to ``generate`` instead.
     seed: int | None = None
 
 
@@ -55,8 +57,17 @@ class Completion:
 class Generator(Protocol):
     """What the algorithm needs of a rollout engine."""
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[list[Completion]]:
-        """``sampling.n`` completions for each prompt, in prompt order."""
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        """``sampling.n`` completions for each prompt, in prompt order.
+
+        ``seeds``: one per prompt; sample j of prompt i draws from ``seeds[i] + j``, whatever
+        else is in the call (batching must not change a seeded prompt's samples). Without it,
+        ``sampling.seed`` seeds every prompt alike."""
         ...
 
 
