@@ -48,7 +48,7 @@ def check(cfg: Config, world: int) -> list[str]:
     if cfg.model.path and not Path(cfg.model.path).exists():
         raise PreflightError(
             f"model.path {cfg.model.path} does not exist: pass the weights of "
-            f"{cfg.model.arch.hf_id or cfg.model.card} as an HF directory or as a checkpoint "
+            f"{cfg.model.arch.hf_id or cfg.model.arch.name} as an HF directory or as a checkpoint "
             "from `azr convert hf-to-mcore HF_DIR CKPT_DIR`, e.g. "
             "`sbatch slurm/azr_14b.sh model.path=/models/Qwen2.5-Coder-14B`"
         )
@@ -92,7 +92,7 @@ def summary(cfg: Config, world: int) -> str:
     weights = cfg.model.path or "random init"
     return (
         f"{cfg.run.name}: {world} tasks = tp {par.tp} x pp {par.pp} x dp {dp}; "
-        f"model {cfg.model.card} from {weights}; rollout {cfg.rollout.engine}; "
+        f"model {cfg.model.arch.name} from {weights}; rollout {cfg.rollout.engine}; "
         f"{cfg.run.steps} steps, {start}; output {cfg.run.output_dir}"
     )
 

@@ -1,22 +1,30 @@
 """Model cards: the architecture of a Qwen2 / Qwen2.5 / Llama-3 decoder as a typed dataclass.
 
 A card is a small YAML file in ``configs/models/`` holding the published hyperparameters of one
-model (the numbers of its HF ``config.json``). A run points at a card (``model.card``) and at the
-weights (``model.path``: an HF directory or a Megatron checkpoint). Cards are loaded strictly
-through :mod:`megatron_azr.config`, so a typo in a card is an error naming the key and file.
-No torch import here: configs load on CPU-only tooling nodes.
+model (the numbers of its HF ``config.json``). A run points at the weights (``model.path``: an HF
+directory or a Megatron checkpoint) and, optionally, at a card (``model.card``): an HF directory's
+own ``config.json`` is the architecture, and a card given with it must agree with it. Cards are
+loaded strictly through :mod:`megatron_azr.config`, so a typo in a card is an error naming the key
+and file. No torch import here: configs load on CPU-only tooling nodes.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 Family = Literal["qwen2", "llama"]
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+# The checkout: shipped cards, configs and data files are found here whatever the working directory.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The card of a random init (tests, the tiny default) when model.card and model.path are empty.
+DEFAULT_CARD = "tiny"
+# Relative tolerance of float fields when two descriptions of one model are compared: a
+# converted checkpoint may store rms_norm_eps 1e-6 as float32 (9.999999974752427e-07).
+FLOAT_REL_TOL = 1e-6
 
 # Llama-3.1 RoPE scaling ("rope_type": "llama3"); megatron-core hard-codes these three values
 # next to the factor, so a checkpoint with others cannot be represented and is rejected.
@@ -129,8 +137,6 @@ class ModelConfig:
 
     def architecture(self) -> dict[str, Any]:
         """The fields that decide tensor shapes and numerics (everything but names)."""
-        from dataclasses import asdict
-
         d = asdict(self)
         for k in ("name", "hf_id", "max_position_embeddings"):
             d.pop(k)
@@ -138,18 +144,27 @@ class ModelConfig:
         return d
 
     def check_matches(self, other: ModelConfig, what: str) -> None:
-        """Raise if ``other`` (e.g. read from weights on disk) has a different architecture."""
+        """Raise if ``other`` (e.g. read from weights on disk) has a different architecture;
+        floats agree within :data:`FLOAT_REL_TOL`."""
         a, b = self.architecture(), other.architecture()
-        diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+        diff = {k: (a[k], b[k]) for k in a if not _same(a[k], b[k])}
         if diff:
-            lines = ", ".join(f"{k}: card {x!r} vs {y!r}" for k, (x, y) in diff.items())
-            raise ValueError(f"model card '{self.name}' does not match {what}: {lines}")
+            fields = "; ".join(
+                f"{k} is {x!r} in the card, {y!r} there" for k, (x, y) in diff.items()
+            )
+            raise ValueError(f"model card '{self.name}' does not match {what}: {fields}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=FLOAT_REL_TOL)
+    return bool(a == b)
 
 
 def resolve_card(card: str | Path) -> Path:
     """A card path as given, else relative to the repository (for the shipped cards)."""
     p = Path(card)
-    for candidate in (p, _REPO_ROOT / p, _REPO_ROOT / "configs" / "models" / f"{card}.yaml"):
+    for candidate in (p, REPO_ROOT / p, REPO_ROOT / "configs" / "models" / f"{card}.yaml"):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"model card not found: {card}")
@@ -171,22 +186,50 @@ def load_model_card(card: str | Path) -> ModelConfig:
 
 @dataclass
 class ModelSection:
-    """The ``model:`` section of a run: which card, and where the initial weights are.
+    """The ``model:`` section of a run: where the initial weights are, and their architecture.
 
     ``path`` is an HF directory (converted on load into any parallel layout) or a checkpoint
     written by ``azr convert hf-to-mcore`` / the actor; empty means random init (tests only).
+    ``card`` names a model card: optional for an HF directory (its ``config.json`` is the
+    architecture; a card given too must agree with it), required for a checkpoint; a random
+    init without one uses :data:`DEFAULT_CARD`.
     """
 
-    card: str = "tiny"
+    card: str = ""
     path: str = ""
 
     def __post_init__(self) -> None:
-        # Parse the card now so that a bad card fails at config load, not on the cluster.
-        try:
-            self._arch = load_model_card(self.card)
-        except FileNotFoundError as e:
-            raise ValueError(str(e)) from e
+        # Resolved now so that a bad card or a disagreeing HF directory fails at config load,
+        # before any model is built (and not on the cluster).
+        self._arch = resolve_architecture(self.card, self.path)
 
     @property
     def arch(self) -> ModelConfig:
+        """The architecture every downstream consumer builds from."""
         return self._arch
+
+
+def resolve_architecture(card: str, path: str) -> ModelConfig:
+    """The architecture of ``model.card`` / ``model.path`` (see :class:`ModelSection`)."""
+    hf_dir = Path(path) if path and (Path(path) / "config.json").is_file() else None
+    if hf_dir is None:
+        if path and not card:
+            state = "does not exist" if not Path(path).exists() else "has no config.json"
+            raise ValueError(
+                f"model.path {path} {state}, and no model.card names the architecture: "
+                "give an HF directory (`azr model smollm2` builds SmolLM2-135M-Instruct's) or "
+                "set model.card for a checkpoint"
+            )
+        try:
+            return load_model_card(card or DEFAULT_CARD)
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from e
+    arch = ModelConfig.from_hf_dir(hf_dir)
+    if not card:
+        return arch
+    try:
+        named = load_model_card(card)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from e
+    named.check_matches(arch, f"model.path's {hf_dir / 'config.json'}")
+    return replace(arch, name=named.name, hf_id=named.hf_id)

@@ -1,9 +1,12 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 from megatron_azr.config import ConfigError
+from megatron_azr.config import load_config as load_config_file
 from megatron_azr.models.config import ModelConfig, ModelSection, load_model_card
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,6 +21,7 @@ PUBLISHED = {
     "qwen2.5-coder-14b": 14.7,
     "qwen2.5-coder-32b": 32.5,
     "llama-3.1-8b": 8.03,
+    "smollm2-135m": 0.135,
 }
 
 
@@ -109,3 +113,93 @@ def test_run_config_points_at_a_card():
         load_config(ROOT / "configs/tiny_cpu.yaml", ["model.card=nope"])
     with pytest.raises(ConfigError, match="vpp"):
         load_config(ROOT / "configs/tiny_cpu.yaml", ["parallel.vpp=2"])
+
+
+# A GGUF-converted checkpoint's config.json (SmolLM2-like): untied head, rms_norm_eps 1e-6 stored
+# as float32.
+GGUF_LIKE = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 512,
+    "rms_norm_eps": 9.999999974752427e-07,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": False,
+}
+
+
+def _hf_dir(tmp_path: Path, **changes) -> Path:
+    d = tmp_path / "hf"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text(json.dumps({**GGUF_LIKE, **changes}))
+    return d
+
+
+def _card(tmp_path: Path, **changes) -> Path:
+    card = {
+        "name": "mine",
+        "hf_id": "org/mine",
+        "family": "llama",
+        "num_layers": 2,
+        "hidden_size": 64,
+        "ffn_hidden_size": 128,
+        "num_attention_heads": 4,
+        "num_query_groups": 2,
+        "vocab_size": 512,
+        "rope_theta": 100000.0,
+        "norm_eps": 1.0e-6,
+        "tie_word_embeddings": False,
+        **changes,
+    }
+    p = tmp_path / "mine.yaml"
+    p.write_text(yaml.safe_dump(card))
+    return p
+
+
+def test_hf_directory_is_the_architecture_without_a_card(tmp_path):
+    d = _hf_dir(tmp_path)
+    arch = ModelSection(path=str(d)).arch
+    assert arch == ModelConfig.from_hf_dir(d)
+    assert (arch.family, arch.num_layers, arch.tie_word_embeddings) == ("llama", 2, False)
+    assert arch.norm_eps == 9.999999974752427e-07
+
+
+def test_a_card_given_with_an_hf_directory_must_agree(tmp_path):
+    d = _hf_dir(tmp_path)
+    # float32-rounded epsilon: equal within the tolerance; the card names the model.
+    arch = ModelSection(card=str(_card(tmp_path)), path=str(d)).arch
+    assert (arch.name, arch.hf_id) == ("mine", "org/mine")
+    assert arch.architecture() == ModelConfig.from_hf_dir(d).architecture()
+    # A genuinely different field, caught at config load with both values on one line.
+    cfg_file = tmp_path / "run.yaml"
+    card = _card(tmp_path, tie_word_embeddings=True, norm_eps=1e-5)
+    cfg_file.write_text(f"model:\n  card: {card}\n  path: {d}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config_file(cfg_file)
+    msg = str(e.value)
+    assert "\n" not in msg and str(cfg_file) in msg and str(d / "config.json") in msg
+    assert "tie_word_embeddings is True in the card, False there" in msg
+    assert "norm_eps is 1e-05 in the card, 9.999999974752427e-07 there" in msg
+    assert "num_layers" not in msg
+
+
+def test_without_an_hf_directory_the_card_is_the_architecture(tmp_path):
+    assert ModelSection().arch == load_model_card("tiny")  # random init: the tiny default
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()  # a checkpoint directory has no config.json
+    assert ModelSection(card="qwen2.5-coder-7b", path=str(ckpt)).arch.hidden_size == 3584
+    with pytest.raises(ValueError, match=r"ckpt has no config\.json, and no model\.card"):
+        ModelSection(path=str(ckpt))
+    with pytest.raises(ValueError, match=r"nope does not exist, and no model\.card"):
+        ModelSection(path=str(tmp_path / "nope"))
+
+
+def test_float_fields_compare_with_a_relative_tolerance():
+    a = load_model_card("tiny")
+    a.check_matches(ModelConfig(**{**a.__dict__, "norm_eps": float(np.float32(1e-6))}), "x")
+    a.check_matches(ModelConfig(**{**a.__dict__, "rope_theta": 10000.0 * (1 + 1e-9)}), "x")
+    with pytest.raises(ValueError, match=r"rope_theta is 10000\.0 in the card, 10001\.0 there"):
+        a.check_matches(ModelConfig(**{**a.__dict__, "rope_theta": 10001.0}), "x")
