@@ -1,9 +1,11 @@
 #!/bin/bash
 # Ablations as a job array: array index i runs entry i of an ablation list ("<name> [KEY=VALUE
 # ...]" per line, default configs/ablations/table2.txt: the paper's Table 2) on top of a base
-# config (default configs/azr_7b.yaml, 4 GPUs per run).
+# config (default configs/azr_7b.yaml, 4 GPUs per run). With the default base config, the runs
+# are Table 2's: Qwen2.5-7B (base) at model.path=/models/Qwen2.5-7B, seeded with that model's
+# official seed files (data/azr_seeds/7b_seed_io.jsonl, 7b_code_f_seed_io.jsonl).
 #
-#   sbatch slurm/azr_ablation.sh model.path=/models/Qwen2.5-7B [KEY=VALUE ...]
+#   sbatch slurm/azr_ablation.sh [model.path=/models/Qwen2.5-7B] [KEY=VALUE ...]
 #   sbatch --array=1,3 slurm/azr_ablation.sh ...       # a subset of the entries
 #   AZR_ABLATIONS=mine.txt AZR_CONFIG=configs/azr_14b.yaml \
 #       sbatch --array=0-2 --gpus-per-node=8 --ntasks-per-node=8 slurm/azr_ablation.sh ...
@@ -43,4 +45,12 @@ name=${entry[0]}
 base=${AZR_OUTPUT_DIR:-$SLURM_SUBMIT_DIR/runs/$SLURM_JOB_NAME-$SLURM_ARRAY_JOB_ID}
 export AZR_OUTPUT_DIR=$base/$name
 
-azr_launch "${AZR_CONFIG:-configs/azr_7b.yaml}" "${entry[@]:1}" "run.name=$SLURM_JOB_NAME-$name" "$@"
+# Table 2's model and seeds come first, so the entry's and the command line's overrides win.
+table2=()
+[[ -n ${AZR_CONFIG:-} ]] || table2=(
+    model.path=/models/Qwen2.5-7B
+    azr.seed_io_path=data/azr_seeds/7b_seed_io.jsonl
+    azr.seed_induction_path=data/azr_seeds/7b_code_f_seed_io.jsonl
+)
+azr_launch "${AZR_CONFIG:-configs/azr_7b.yaml}" "${table2[@]}" "${entry[@]:1}" \
+    "run.name=$SLURM_JOB_NAME-$name" "$@"

@@ -137,9 +137,15 @@ def test_table2_ablations_load_and_match_the_array_range():
     assert names == ["full", "deduction-only", "no-induction", "no-references", "solver-only"]
     assert sbatch_options("azr_ablation.sh")["array"] == f"0-{len(entries) - 1}"
     assert launched_config("azr_ablation.sh") == "configs/azr_7b.yaml"
-    base = load_config("configs/azr_7b.yaml")
+    # Table 2's model (Qwen2.5-7B base) and that model's official seed files come first.
+    script = (ROOT / "slurm" / "azr_ablation.sh").read_text()
+    table2 = re.search(r"table2=\(\n(.*?)\n\)", script, re.S).group(1).split()
+    base = load_config("configs/azr_7b.yaml", table2)
+    assert base.model.path == "/models/Qwen2.5-7B"
+    assert Path(base.azr.seed_io_path).name == "7b_seed_io.jsonl"
+    assert Path(base.azr.seed_induction_path).name == "7b_code_f_seed_io.jsonl"
     for name, *overrides in entries:
-        cfg = load_config("configs/azr_7b.yaml", overrides)
+        cfg = load_config("configs/azr_7b.yaml", [*table2, *overrides])
         assert (cfg == base) == (name == "full"), name
     assert load_config("configs/azr_7b.yaml", entries[1][1:]).azr.task_types == ["deduction"]
 
