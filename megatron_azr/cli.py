@@ -31,6 +31,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_seed(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    from megatron_azr.seed import seed, seed_paths
+    from megatron_azr.telemetry.logs import setup_logging
+
+    setup_logging(cfg.logging.level)
+    try:
+        written = seed(cfg, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"azr seed: {e}", file=sys.stderr)
+        return 2
+    for path in seed_paths(cfg, args.out):
+        if path is not None:
+            done = "written" if path in written else "exists, reused (delete it to seed again)"
+            print(f"azr seed: {path}: {done}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     print(dump_config(load_config(args.config, args.overrides)), end="")
     return 0
@@ -43,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run AZR self-play training")
     add_config_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("seed", help="write the config's absent seed files with the model (spec §3)")
+    add_config_args(p)
+    p.add_argument(
+        "--out", default=None, metavar="DIR", help="write into DIR instead of the config's paths"
+    )
+    p.set_defaults(func=_cmd_seed)
 
     p = sub.add_parser("config", help="print the resolved configuration")
     add_config_args(p)

@@ -8,9 +8,10 @@ programs drawn from that set. Only here are programs cleaned of comments, docstr
 module-level statements other than imports/definitions (the proposer prompt says so); the
 unmodified program is kept as ``original_snippet``.
 
-The result is an ordinary :class:`Buffers` (abduction and deduction identical); ``Buffers.save``
-writes it in the official JSONL layout, loadable through ``azr.seed_io_path`` /
-``azr.seed_induction_path``.
+The result is an ordinary :class:`Buffers` (abduction and deduction identical), or its two lists;
+:func:`save_seed_file` writes a list in the official seed-file layout, loadable through
+``azr.seed_io_path`` / ``azr.seed_induction_path`` (``megatron_azr.seed`` runs all this with real
+engines).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import functools
 import json
 import logging
 import random
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
 
-from megatron_azr.azr.buffers import Buffers
+from megatron_azr.azr.buffers import Buffers, write_jsonl
 from megatron_azr.azr.config import AZRConfig
 from megatron_azr.azr.parsing import (
     ParseFailure,
@@ -56,6 +58,19 @@ R = TypeVar("R", Triplet, InductionTask)
 
 def _key(record: Triplet | InductionTask) -> str:
     return json.dumps(record.to_json(), sort_keys=True)
+
+
+def official_record(record: Triplet | InductionTask) -> dict[str, Any]:
+    """``record`` as the original's seed files hold it: seeds carry no step (they are step 0)
+    and the original never stored the proposer's thought."""
+    data = record.to_json()
+    del data["thought"], data["step"]
+    return data
+
+
+def save_seed_file(path: str | Path, records: Iterable[Triplet | InductionTask]) -> None:
+    """Seed records as JSONL in the official layout, atomically (a crash leaves no file)."""
+    write_jsonl(path, (official_record(r) for r in records))
 
 
 class Seeder:
