@@ -5,11 +5,16 @@ Every section is a dataclass owned by the room that uses it (the algorithm's liv
 implements loading. Loading is strict: an unknown key or a value of the wrong type is an error
 that names the key and where it came from (the YAML file or the override on the command line),
 because a silently ignored typo in an ablation config wastes a cluster allocation.
+
+Relative data paths (:data:`DATA_PATHS`) are made absolute at load, against the config file's
+directory when the path exists there and the repository root otherwise, never the working
+directory: a run started from anywhere finds the shipped seed files and models.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,12 +25,15 @@ import yaml
 
 from megatron_azr.azr.config import AZRConfig
 from megatron_azr.executor.config import ExecutorConfig
-from megatron_azr.models.config import ModelSection
+from megatron_azr.models.config import REPO_ROOT, ModelSection
 from megatron_azr.rollout.config import RolloutConfig
 from megatron_azr.telemetry.config import LoggingConfig
 from megatron_azr.train.config import ActorConfig, ParallelConfig
 
 T = TypeVar("T")
+
+# Config keys that name files or directories read by a run (see the module docstring).
+DATA_PATHS = ("model.path", "azr.seed_io_path", "azr.seed_induction_path")
 
 
 class ConfigError(ValueError):
@@ -198,8 +206,29 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> N
     node[parts[-1]] = value
 
 
-def apply_overrides(cfg: T, overrides: list[str]) -> T:
-    """Apply ``a.b.c=value`` overrides; values are parsed as YAML scalars/flow collections."""
+def resolve_data_path(path: str, config_dir: Path | None = None) -> str:
+    """``path`` made absolute: against ``config_dir`` when it exists there, else against the
+    repository root; empty paths stay empty, absolute ones only get ``~`` expanded."""
+    if not path:
+        return path
+    if Path(path).expanduser().is_absolute():
+        return str(Path(path).expanduser())
+    if config_dir is not None and (config_dir / path).exists():
+        return os.path.normpath(Path(config_dir).absolute() / path)
+    return os.path.normpath(REPO_ROOT / path)
+
+
+def _resolve_data_paths(data: dict[str, Any], config_dir: Path | None) -> None:
+    for dotted in DATA_PATHS:
+        section, key = dotted.split(".")
+        node = data.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            node[key] = resolve_data_path(node[key], config_dir)
+
+
+def apply_overrides(cfg: T, overrides: list[str], config_dir: Path | None = None) -> T:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML scalars/flow collections.
+    Relative data paths resolve as in a file loaded from ``config_dir``."""
     cls = type(cfg)
     for item in overrides:
         source = f"command-line override '{item}'"
@@ -212,6 +241,7 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
             raise ConfigError(f"{source}: value is not valid YAML: {e}") from e
         data = to_dict(cfg)
         _set_dotted(data, dotted.strip(), value, source)
+        _resolve_data_paths(data, config_dir)
         cfg = from_dict(cls, data, source)
     return cfg
 
@@ -219,16 +249,22 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a :class:`Config` from YAML (defaults when ``path`` is None) and apply overrides."""
     cfg = Config()
+    config_dir = None
     if path is not None:
         path = Path(path)
+        if not path.is_file() and not path.is_absolute() and (REPO_ROOT / path).is_file():
+            path = REPO_ROOT / path  # a shipped config named from outside the checkout
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        config_dir = path.parent
+        if isinstance(data, dict):
+            _resolve_data_paths(data, config_dir)
         cfg = from_dict(Config, data, str(path))
-    return apply_overrides(cfg, overrides or [])
+    return apply_overrides(cfg, overrides or [], config_dir)
 
 
 def dump_config(cfg: Any) -> str:

@@ -1,9 +1,14 @@
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from megatron_azr.azr.buffers import Buffers
+from megatron_azr.azr.protocols import TaskType
 from megatron_azr.config import Config, ConfigError, apply_overrides, dump_config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +34,59 @@ def test_every_shipped_config_loads():
     for p in paths:
         if "models" in p.parts:
             continue  # model cards are a section, loaded by their own tests
-        load_config(p)
+        cfg = load_config(p)
+        for key in ("seed_io_path", "seed_induction_path"):
+            assert Path(getattr(cfg.azr, key)).is_file(), (p.name, key)
+
+
+def test_data_paths_resolve_against_the_repository_not_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    seeds = ROOT / "data" / "azr_seeds"
+    for config in (TINY, Path("configs/tiny_cpu.yaml")):  # a shipped config named from anywhere
+        cfg = load_config(config)
+        assert cfg.azr.seed_io_path == str(seeds / "7b_coder_seed_io.jsonl")
+        assert cfg.azr.seed_induction_path == str(seeds / "7b_coder_code_f_seed_io.jsonl")
+    assert Buffers.from_config(cfg.azr).sizes() == {t: 16 for t in TaskType}
+    # Overrides resolve the same way; absolute paths and empty ones stay as they are.
+    cfg = load_config(TINY, ["azr.seed_io_path=data/azr_seeds/7b_seed_io.jsonl"])
+    assert cfg.azr.seed_io_path == str(seeds / "7b_seed_io.jsonl")
+    absolute = str(tmp_path / "elsewhere.jsonl")
+    cfg = load_config(TINY, [f"azr.seed_io_path={absolute}", "azr.seed_induction_path="])
+    assert (cfg.azr.seed_io_path, cfg.azr.seed_induction_path) == (absolute, "")
+    assert load_config(TINY, ["azr.k_references=3"]).model.path == ""
+
+
+def test_data_paths_next_to_the_config_file_win(tmp_path):
+    configs = tmp_path / "mine"
+    (configs / "model").mkdir(parents=True)
+    hf = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+          "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 128}  # fmt: skip
+    (configs / "model" / "config.json").write_text(json.dumps(hf))
+    (configs / "seeds.jsonl").write_text((ROOT / "data/azr_seeds/7b_seed_io.jsonl").read_text())
+    p = configs / "run.yaml"
+    p.write_text(
+        "azr:\n  seed_io_path: seeds.jsonl\n"
+        "  seed_induction_path: data/azr_seeds/7b_code_f_seed_io.jsonl\n"
+        "model:\n  path: model\n"
+    )
+    cfg = load_config(p)
+    assert cfg.azr.seed_io_path == str(configs / "seeds.jsonl")
+    assert cfg.azr.seed_induction_path == str(ROOT / "data/azr_seeds/7b_code_f_seed_io.jsonl")
+    # The architecture is read from the resolved directory, whatever the working directory.
+    assert cfg.model.path == str(configs / "model") and cfg.model.arch.hidden_size == 32
+    assert load_config(p, ["azr.seed_io_path=seeds.jsonl"]) == cfg
+
+
+def test_cli_from_another_directory_finds_the_seed_files(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "megatron_azr.cli", "config", "--config", str(TINY)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    azr = yaml.safe_load(r.stdout)["azr"]
+    for key in ("seed_io_path", "seed_induction_path"):
+        assert Path(azr[key]).is_absolute() and Path(azr[key]).is_file(), azr[key]
 
 
 def test_overrides_are_typed(tmp_path):

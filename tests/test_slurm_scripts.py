@@ -70,7 +70,7 @@ def test_preflight_records_the_resolved_config(tmp_path, capsys):
     [
         (3, ["parallel.tp=2"], "3 tasks do not divide into tp*pp = 2*1"),
         (2, ["model.path=/nonexistent/Qwen"], "model.path /nonexistent/Qwen does not exist"),
-        (2, ["azr.seed_io_path=nope.jsonl"], "azr.seed_io_path nope.jsonl is not a file"),
+        (2, ["azr.seed_io_path=nodir/x.jsonl"], f"{ROOT}/nodir/x.jsonl: its directory does not"),
         (2, ["azr.k_refs=3"], "unknown key 'azr.k_refs'"),
         (2, ["parallel.tp=two"], "expected int"),
     ],
@@ -81,6 +81,15 @@ def test_preflight_refuses_runs_that_cannot_start(tmp_path, capsys, world, overr
     )
     assert rc == 2 and message in err and err.startswith("azr preflight: error:")
     assert not (tmp_path / "r").exists()
+
+
+def test_preflight_lets_azr_train_seed_an_absent_seed_file(tmp_path, capsys):
+    rc, out, err = run_preflight(
+        capsys, 1, "configs/tiny_cpu.yaml", f"azr.seed_induction_path={tmp_path}/new.jsonl",
+        f"run.output_dir={tmp_path}/r",
+    )  # fmt: skip
+    assert rc == 0 and "fresh start" in out
+    assert f"azr.seed_induction_path {tmp_path}/new.jsonl does not exist: azr train seeds" in err
 
 
 def test_preflight_checks_the_colocated_rollout(tmp_path, capsys, monkeypatch):
