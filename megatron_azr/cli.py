@@ -13,7 +13,11 @@ import sys
 
 from megatron_azr.config import ConfigError, dump_config, load_config
 
-_ROOMS: tuple[str, ...] = ("megatron_azr.executor.cli", "megatron_azr.train.cli")
+_ROOMS: tuple[str, ...] = (
+    "megatron_azr.executor.cli",
+    "megatron_azr.train.cli",
+    "megatron_azr.models.cli",
+)
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

