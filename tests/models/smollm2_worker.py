@@ -1,10 +1,11 @@
 """Child process of tests/models/test_smollm2.py: the SmolLM2 directory through the training path.
 
 Loads the run config (architecture from the directory's config.json), builds the megatron actor
-in fp32 from the directory, and writes to ``out``: the actor's log-probs and transformers' on one
-sequence, and the greedy answer of a torch rollout engine that holds no weights of its own until
-the actor streams them in (as in ``azr train``). A process of its own: torch.distributed and
-megatron's parallel state are process-wide.
+in fp32 from the directory, and writes to ``out``: the largest logit difference between the
+actor's model and transformers on one sequence, both log-probs of its tokens, and the greedy
+answer of a torch rollout engine that holds no weights of its own until the actor streams them
+in (as in ``azr train``). A process of its own: torch.distributed and megatron's parallel state
+are process-wide.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ def main(model_dir: str, out: str) -> None:
     sample = TrainSample(TaskType.DEDUCTION, Role.SOLVE, ids[:3], ids[3:], 0.0, 0.0)
     got = actor.logprobs([sample])[0]
     hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokens = torch.tensor([ids])
     with torch.no_grad():
-        logp = torch.log_softmax(hf(torch.tensor([ids])).logits[0], -1)
+        ref_logits = hf(tokens).logits[0]
+        logits = actor.models[0](tokens, torch.arange(len(ids))[None], None)[0]
+    logp = torch.log_softmax(ref_logits, -1)
     ref = logp[2:-1].gather(1, torch.tensor(ids[3:])[:, None]).squeeze(1).tolist()
     del hf
 
@@ -48,7 +52,12 @@ def main(model_dir: str, out: str) -> None:
         [{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True
     )
     (completion,) = engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=40))[0]
-    result = {"actor": got, "hf": ref, "greedy": completion.text, "arch": actor.arch.name}
+    result = {
+        "logits_diff": (logits - ref_logits).abs().max().item(),
+        "actor": got,
+        "hf": ref,
+        "greedy": completion.text,
+    }
     with open(out, "w") as f:
         json.dump(result, f)
 

@@ -61,6 +61,7 @@ def test_actor_matches_transformers_and_feeds_a_coherent_engine(smollm2_dir, tmp
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-4000:]
     result = json.loads(out.read_text())
+    assert result["logits_diff"] < 1e-4, result["logits_diff"]  # as tests/train/test_parallel.py
     diff = max(abs(a - b) for a, b in zip(result["actor"], result["hf"], strict=True))
     assert len(result["actor"]) == 16 and diff < 1e-4, diff
     # Greedy text from the actor's weights, streamed into the engine: coherent English.
