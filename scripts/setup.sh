@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # bubblewrap: the executor's sandbox; python3: a world-readable interpreter for the executor's
-# unconfined-mode test (the default Python may live under a private /root).
-APT_PACKAGES=(bubblewrap python3 slurmctld slurmd slurm-client munge)
+# unconfined-mode test (the default Python may live under a private /root), with the packages
+# the executor exposes to jobs by default (executor.packages: numpy, sympy).
+APT_PACKAGES=(bubblewrap python3 python3-numpy python3-sympy slurmctld slurmd slurm-client munge)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -98,12 +98,18 @@ class Job:
       run        execute ``program`` on each of ``inputs``; ``outputs`` = repr per input.
       validate   proposal validation (syntax, ``banned_imports``, determinism over two fresh
                  processes); ``outputs`` = repr per input (the gold outputs of the task).
-      deduction  does ``prediction`` (a Python literal/expression) equal ``expected[0]``,
-                 both evaluated with the program's imports and definitions in scope?
-      abduction  does ``f(*prediction)`` equal ``expected[0]`` (``prediction`` = argument text)?
+      deduction  does ``prediction`` equal ``expected[0]``? Both are literals, evaluated without
+                 the program (which does not run): only the names ``imports`` bind, ``inf``,
+                 ``nan`` and builtin constructors (``executor/runtime/literals.py``).
+      abduction  does ``f(*args, **kwargs)`` equal ``expected[0]``, ``prediction`` being the
+                 argument list, each argument a literal evaluated as above?
       induction  does the predicted program ``prediction`` map each of ``inputs`` (the hidden
-                 inputs) to the matching ``expected`` (``imports`` of the gold program
+                 inputs, literals) to the matching ``expected`` (``imports`` of the gold program
                  prepended)? ``program`` is the gold program, carried for the record only.
+
+    A ``run``/``validate`` input is evaluated in the program's scope (``f(<input>)``); every
+    other text that becomes a value is a literal, so no answer can call the program or build an
+    object with a custom ``__eq__``.
     """
 
     id: str
@@ -126,9 +132,11 @@ class ExecResult:
     error on one pair is a False there, so fractional induction rewards stay computable); a
     ``run``/``validate`` job given ``expected`` fills it too (same text or equal value).
 
-    Trust boundary: the verdict is computed inside the job's own sandboxed process, so a program
-    that forges its result lines or defines an ``__eq__`` that always holds can misreport its
-    own job (as in the original). The sandbox keeps it from touching anything else.
+    Trust boundary: the verdict is computed inside the job's own sandboxed process. Answers to
+    deduction and abduction are literals and cannot carry code; a value equal to anything
+    (even nested in builtin containers) matches nothing. A program that runs in the job (an
+    induction answer, a proposal under validation) can still forge its result lines and so
+    misreport its own job. The sandbox keeps it from touching anything else.
     """
 
     id: str

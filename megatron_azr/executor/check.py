@@ -3,7 +3,8 @@
 Records carry ``program`` (or ``snippet`` / ``code``) and ``input`` (or a list ``inputs``), and
 optionally ``output`` (or ``outputs``) and ``imports``: the official AZR seed buffers and CRUXEval
 as they are. Each record becomes one job; a recorded output is compared by value inside the
-sandbox, in the program's scope (``eval(output) == f(input)``), never by evaluating anything here.
+sandbox, as a literal without the program's names (``literal(output) == f(input)``), never by
+evaluating anything here.
 """
 
 from __future__ import annotations

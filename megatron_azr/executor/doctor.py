@@ -15,11 +15,12 @@ from pathlib import Path
 
 from megatron_azr.azr.protocols import Job
 from megatron_azr.executor.config import ExecutorConfig
+from megatron_azr.executor.runtime.zygote import ONE_THREAD
 
 # Runs inside the sandbox, one input per probe so that each answer stays short (outputs are
 # cut at 400 characters) and one failing probe cannot hide the others.
 PROBE = r"""
-import os, socket, resource, ctypes
+import os, socket, resource, ctypes, importlib
 
 def _inet():
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -30,6 +31,13 @@ def _inet():
 def _write(path):
     open(path, "w").close()
     return "written"
+
+def _package(name):
+    module = importlib.import_module(name)
+    return getattr(module, "__version__", "?"), os.path.dirname(module.__file__)
+
+def _write_package(name):
+    return _write(os.path.join(_package(name)[1], "azr-doctor"))
 
 def _fork():
     pid = os.fork()
@@ -58,6 +66,8 @@ def f(name, arg=None):
                                  ctypes.get_errno()),
         "fork": _fork,
         "rlimits": lambda: {k: resource.getrlimit(v)[0] for k, v in _LIMITS.items()},
+        "package": lambda: _package(arg),
+        "write_package": lambda: _write_package(arg),
     }
     try:
         return probes[name]()
@@ -85,14 +95,22 @@ def probe(cfg: ExecutorConfig) -> tuple[list[tuple[str, str]], list[Check]]:
         confined = ex.spec.mode == "bwrap"
         root = ex.spec.platform.root
         facts = ex.worker_facts()
-        inputs = tuple(f"{name!r}, {project!r}" for name in PROBES)
+        modules = ex.spec.packages.modules
+        calls = {name: (name, project) for name in PROBES}
+        calls.update({f"{p} {m}": (p, m) for m in modules for p in ("package", "write_package")})
+        inputs = tuple(f"{name!r}, {arg!r}" for name, arg in calls.values())
         [res] = ex.run([Job("doctor", "run", PROBE, inputs, timeout_s=30.0)])
+        packages = ex.spec.describe_packages()
     if not res.ok:
         raise RuntimeError(f"the probe job failed: {res.status} {res.error_type} {res.stderr_tail}")
     # Literals printed by our own probe, parsed (never evaluated).
-    seen = {n: ast.literal_eval(o) for n, o in zip(PROBES, res.outputs, strict=True)}
+    seen = {n: ast.literal_eval(o) for n, o in zip(calls, res.outputs, strict=True)}
     checks = [
-        Check("fresh process, no environment", seen["env"] == {}, f"environ={seen['env']}"),
+        Check(
+            "fresh process, only the one-thread settings in the environment",
+            seen["env"] == ONE_THREAD,
+            f"environ={seen['env']}",
+        ),
         Check(
             "private working dir",
             seen["cwd_entries"] == [] and "job" in str(seen["cwd"]),
@@ -118,6 +136,18 @@ def probe(cfg: ExecutorConfig) -> tuple[list[tuple[str, str]], list[Check]]:
             str(seen["rlimits"]),
         ),
     ]
+    if modules:
+        found = {m: seen[f"package {m}"] for m in modules}
+        writes = {m: seen[f"write_package {m}"] for m in modules}
+        checks.append(
+            Check(
+                "packages, read-only",
+                all(isinstance(v, tuple) for v in found.values())
+                and all(str(w).startswith("denied") for w in writes.values()),
+                "; ".join(f"import {m}: {found[m]}, write: {writes[m]}" for m in modules)
+                + f" ({packages})",
+            )
+        )
     if confined:
         checks.append(
             Check(

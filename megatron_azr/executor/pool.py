@@ -83,6 +83,7 @@ class SandboxExecutor:
             for w in self.workers:
                 self._start(w)
             self._wait_ready()
+            self._check_packages()
         except BaseException:
             self.close()
             raise
@@ -118,6 +119,22 @@ class SandboxExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _check_packages(self) -> None:
+        """Import each exposed package in a job, as programs will: metadata can be incomplete
+        (a requirement not declared) and an interpreter can reject a build."""
+        modules = self.spec.packages.modules
+        if not modules:
+            return
+        program = "import importlib\ndef f(name):\n    return str(importlib.import_module(name))"
+        jobs = [Job(f"package {m}", "run", program, (repr(m),), timeout_s=60.0) for m in modules]
+        for module, result in zip(modules, self.run(jobs), strict=True):
+            if not result.ok:
+                raise ExecutorError(
+                    f"executor.packages: {module!r} does not import in the sandbox: "
+                    f"{result.error_type}: {result.stderr_tail.strip()[-300:]} (a requirement its "
+                    "metadata does not declare can be added to executor.packages)"
+                )
 
     # ------------------------------------------------------------------ planning
 

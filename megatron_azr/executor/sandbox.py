@@ -4,12 +4,13 @@ A worker is one fork server (``runtime/zygote.py``) inside its own sandbox. What
 worker and what is fresh per job:
 
 * per worker (set up once, at ~30 ms): the bwrap namespaces (pid, net, ipc, uts, cgroup; user
-  too when not root), the read-only filesystem view (/usr, the interpreter's stdlib, the runtime;
-  no /proc, /home, /etc, project files), a private size-capped tmpfs /tmp, the seccomp filter
-  (inherited by every job), the cgroup pids + memory caps;
-* per job (inside the fork server, at ~1 ms): a fresh process, an empty environment, a private
-  working directory, rlimits, an unprivileged uid without groups or capabilities, and a sweep of
-  everything the job left running.
+  too when not root), the read-only filesystem view (/usr, the interpreter's stdlib, the runtime,
+  the exposed packages of ``executor.packages`` in /packages; no /proc, /home, /etc, project
+  files, other site-packages), a private size-capped tmpfs /tmp, the seccomp filter (inherited by
+  every job), the cgroup pids + memory caps, the preloaded modules;
+* per job (inside the fork server, at ~1 ms): a fresh process, an environment with only the
+  one-thread settings of BLAS/OpenMP, a private working directory, rlimits, an unprivileged uid
+  without groups or capabilities, and a sweep of everything the job left running.
 
 ``detect`` probes what works; ``resolve`` picks the strongest stack or refuses (unconfined only
 with an explicit opt-in); ``SandboxSpec.argv`` builds the worker command line.
@@ -24,19 +25,24 @@ import platform
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_azr.executor import cgroups
+from megatron_azr.executor import cgroups, packages
 from megatron_azr.executor.config import ExecutorConfig
 from megatron_azr.executor.runtime import seccomp
 
 RUNTIME_DIR = str(Path(__file__).resolve().parent / "runtime")
 _SANDBOX_RUNTIME_ROOT = "/azr"
+# On the jobs' sys.path: the entries of executor.packages (outside /azr, which stays 0700).
+_SANDBOX_PACKAGES = "/packages"
 # Modules common in AZR programs, imported once in the fork server instead of once per job.
 PRELOAD = ["collections", "itertools", "functools", "math", "re", "string", "heapq", "bisect",
            "operator", "copy", "typing"]  # fmt: skip
-_FS_VIEW = "read-only /usr + interpreter stdlib; no /proc, /etc, /home, project files"
+_FS_VIEW = (
+    "read-only /usr + interpreter stdlib + executor.packages; no /proc, /etc, /home, project "
+    "files, other site-packages"
+)
 _ZYGOTE_CAPS = ["CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN"]
 
 
@@ -92,10 +98,12 @@ def find_interpreter(python: str) -> Interpreter:
 
 
 def _readable_by_others(path: str) -> bool:
-    """Can an unprivileged uid reach and list ``path`` (every parent searchable)?"""
+    """Can an unprivileged uid reach and read ``path`` (list it, if a directory; every parent
+    searchable)?"""
     p = Path(path)
     try:
-        if p.stat().st_mode & 0o005 != 0o005:
+        need = 0o005 if p.is_dir() else 0o004
+        if p.stat().st_mode & need != need:
             return False
         return all(parent.stat().st_mode & 0o001 for parent in p.parents)
     except OSError:
@@ -177,6 +185,7 @@ class SandboxSpec:
     mode: str  # "bwrap" or "unconfined"
     cfg: ExecutorConfig
     platform: Platform
+    packages: packages.Packages = field(default_factory=packages.Packages)
 
     @property
     def uid_switch(self) -> bool:
@@ -214,9 +223,29 @@ class SandboxSpec:
             "seccomp": self.seccomp,
             # Unix sockets reach nothing from a private net namespace; outside one they could.
             "allow_unix_sockets": self.mode == "bwrap",
-            "preload": PRELOAD,
+            "preload": PRELOAD + self.preloaded_packages,
+            "package_path": self.package_path(workdir),
             "runtime_root": self.runtime_root,
         }
+
+    @property
+    def preloaded_packages(self) -> list[str]:
+        return [m for m in self.cfg.preload if m in self.packages.modules]
+
+    def package_path(self, workdir: str) -> str:
+        """The directory of the exposed packages, as jobs see it ("" if none)."""
+        if not self.packages.entries:
+            return ""
+        return _SANDBOX_PACKAGES if self.mode == "bwrap" else f"{workdir}/packages"
+
+    def link_packages(self, workdir: str) -> None:
+        """Unconfined: the package directory of a worker, symlinks to the installed entries."""
+        if not self.packages.entries:
+            return
+        directory = self.package_path(workdir)
+        os.mkdir(directory, 0o755)
+        for name, path in self.packages.entries.items():
+            os.symlink(path, f"{directory}/{name}")
 
     @property
     def runtime_root(self) -> str:
@@ -233,6 +262,10 @@ class SandboxSpec:
         if self.mode != "bwrap":
             return python
         tmpfs = str(self.cfg.tmpfs_mb << 20)
+        # bwrap makes mount points 0700 unless told: jobs must list this one.
+        binds = ["--perms", "0755", "--dir", _SANDBOX_PACKAGES] if self.packages.entries else []
+        for name, path in self.packages.entries.items():
+            binds += ["--ro-bind", path, f"{_SANDBOX_PACKAGES}/{name}"]
         return [
             self.platform.bwrap,
             *_namespace_args(self.platform.root),
@@ -241,6 +274,7 @@ class SandboxSpec:
             *_fs_view_args(find_interpreter(self.cfg.python)),
             "--size", tmpfs, "--tmpfs", "/tmp",
             "--ro-bind", RUNTIME_DIR, f"{_SANDBOX_RUNTIME_ROOT}/runtime",
+            *binds,
             "--chdir", "/tmp",
             "--", *python,
         ]  # fmt: skip
@@ -255,7 +289,8 @@ class SandboxSpec:
     def layers(self) -> list[tuple[str, str]]:
         """(layer, what is in force) for ``azr executor doctor`` and logs."""
         c, p = self.cfg, self.platform
-        rows = [("fresh process per job", "fork of a warm per-worker server; empty environment")]
+        rows = [("fresh process per job", "fork of a warm per-worker server; environment: "
+                 "only the one-thread settings of BLAS/OpenMP")]  # fmt: skip
         if self.mode == "bwrap":
             ns = "pid, net, ipc, uts, cgroup" + ("" if p.root else ", user")
             rows += [
@@ -270,6 +305,7 @@ class SandboxSpec:
                 ("network", "seccomp only (no sockets at all)"),
                 ("private dir", "host temp dir per worker, one 0700 subdir per job"),
             ]
+        rows.append(("packages", self.describe_packages()))
         rows.append(
             (
                 "rlimits",
@@ -301,6 +337,15 @@ class SandboxSpec:
             rows.append(("cgroup", f"unavailable: {p.cgroups.reason}"))
         return rows
 
+    def describe_packages(self) -> str:
+        versions = self.packages.versions
+        if not versions:
+            return "none (executor.packages=[]): the standard library only"
+        text = ", ".join(f"{name} {version}" for name, version in versions.items())
+        where = _SANDBOX_PACKAGES if self.mode == "bwrap" else "symlinks in the worker's dir"
+        preloaded = ", ".join(self.preloaded_packages) or "none"
+        return f"{text}; read-only at {where} on sys.path; preloaded: {preloaded}"
+
 
 def _pids_max(cfg: ExecutorConfig) -> int:
     return cfg.max_processes + 8  # the worker's own processes: bwrap, its init, the server
@@ -314,11 +359,19 @@ def cgroup_limits(cfg: ExecutorConfig) -> tuple[int, int]:
     return _pids_max(cfg), _memory_cap_mb(cfg) << 20
 
 
+def _find_packages(cfg: ExecutorConfig) -> packages.Packages:
+    python = find_interpreter(cfg.python).exe if cfg.python else ""
+    try:
+        return packages.find(cfg.packages, python)
+    except packages.PackageError as e:
+        raise SandboxUnavailable(str(e)) from None
+
+
 def resolve(cfg: ExecutorConfig, plat: Platform | None = None) -> SandboxSpec:
     """The strongest stack available, or ``SandboxUnavailable``."""
     plat = plat or detect(cfg)
     if cfg.sandbox in ("auto", "bwrap") and plat.bwrap_ok:
-        return SandboxSpec("bwrap", cfg, plat)
+        return SandboxSpec("bwrap", cfg, plat, _find_packages(cfg))
     if cfg.sandbox == "bwrap":
         raise SandboxUnavailable(f"sandbox 'bwrap' requested but unusable: {plat.bwrap_error}")
     if cfg.allow_unconfined:
@@ -329,7 +382,14 @@ def resolve(cfg: ExecutorConfig, plat: Platform | None = None) -> SandboxSpec:
                 "(a parent directory is private); point executor.python at a world-readable "
                 "interpreter (e.g. /usr/bin/python3) or use bwrap"
             )
-        return SandboxSpec("unconfined", cfg, plat)
+        found = _find_packages(cfg)
+        private = [p for p in found.entries.values() if not _readable_by_others(p)]
+        if plat.root and private:
+            raise SandboxUnavailable(
+                f"unconfined jobs run as an unprivileged uid, which cannot read {private[0]} "
+                "(executor.packages); install the packages world-readable, or use bwrap"
+            )
+        return SandboxSpec("unconfined", cfg, plat, found)
     if cfg.sandbox == "unconfined":
         raise SandboxUnavailable(
             "sandbox 'unconfined' runs untrusted programs without namespaces or a private "

@@ -45,6 +45,7 @@ class Worker:
             self.hostdir = tempfile.mkdtemp(prefix="azr-executor-")
             os.chmod(self.hostdir, 0o711)
             workdir = self.hostdir
+            self.spec.link_packages(workdir)
         argv = self.spec.argv(self.index, workdir)
         if self.group is not None:
             self.group.create(*cgroup_limits(self.spec.cfg))

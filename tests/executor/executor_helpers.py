@@ -8,6 +8,7 @@ explicitly with ``-m "not sandbox"`` on a machine that cannot run them.
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -69,6 +70,12 @@ def run1(ex: SandboxExecutor, program: str, *inputs: str, **kw: object) -> ExecR
     job = Job(id="t", kind=kind, program=program, inputs=inputs or ("1",), **kw)  # type: ignore[arg-type]
     [result] = ex.run([job])
     return result
+
+
+def seen(result: ExecResult) -> object:
+    """The value a probe job printed (a literal of our own, parsed, never evaluated)."""
+    assert result.ok, (result.status, result.error_type, result.stderr_tail)
+    return ast.literal_eval(result.outputs[0])
 
 
 def serves(ex: SandboxExecutor) -> bool:

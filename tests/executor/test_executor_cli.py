@@ -71,9 +71,10 @@ def test_doctor_verifies_every_layer():
     require_sandbox()
     done = azr("doctor")
     assert done.returncode == 0, done.stdout + done.stderr
-    for layer in ("unprivileged uid", "no network", "seccomp", "rlimits", "read-only"):
+    for layer in ("unprivileged uid", "no network", "seccomp", "rlimits", "read-only", "packages"):
         assert layer in done.stdout
-    assert "│ NO" not in done.stdout and done.stdout.count("│ yes │") == 7
+    assert "│ NO" not in done.stdout and done.stdout.count("│ yes │") == 8
+    assert "import numpy" in done.stdout and "import sympy" in done.stdout
 
 
 def test_doctor_refuses_when_unconfined_is_not_allowed():

@@ -96,7 +96,7 @@ def test_check_kinds():
     program = "from collections import Counter\ndef f(s):\n    return Counter(s)"
     [rec] = execute({"kind": "deduction", "program": program, "expected": ["Counter('aab')"],
                      "prediction": "Counter({'a': 2, 'b': 1})"})  # fmt: skip
-    assert rec["status"] == "ok" and rec["match"] is True  # both sides in the program's scope
+    assert rec["status"] == "ok" and rec["match"] is True  # literals; Counter from the import
     [rec] = execute({"kind": "abduction", "program": "def f(a, b):\n    return a + b",
                      "expected": ["5"], "prediction": "2, 3"})  # fmt: skip
     assert rec["match"] is True

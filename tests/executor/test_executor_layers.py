@@ -10,17 +10,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from executor_helpers import JOB_UID_BASE, ROOT, require_sandbox, run1, src
+from executor_helpers import JOB_UID_BASE, ROOT, require_sandbox, run1, seen, src
 
-from megatron_azr.azr.protocols import ExecResult, Job
+from megatron_azr.azr.protocols import Job
 from megatron_azr.executor import ExecutorConfig, SandboxExecutor
+from megatron_azr.executor.runtime.zygote import ONE_THREAD
 
 pytestmark = pytest.mark.sandbox
-
-
-def seen(result: ExecResult) -> object:
-    assert result.ok, (result.status, result.error_type, result.stderr_tail)
-    return ast.literal_eval(result.outputs[0])  # literals printed by our own probes, parsed only
 
 
 def test_fresh_process_per_job(clean):
@@ -53,7 +49,7 @@ def test_no_inherited_environment(monkeypatch):
     monkeypatch.setenv("AZR_TEST_SECRET", "hunter2")
     with SandboxExecutor(ExecutorConfig(workers=2)) as ex:
         env = seen(run1(ex, "import os\ndef f(x):\n    return dict(os.environ)"))
-    assert env == {}
+    assert env == ONE_THREAD  # nothing inherited; only the one-thread settings of BLAS/OpenMP
 
 
 def test_private_working_directory(clean):
@@ -155,7 +151,8 @@ def test_minimal_read_only_filesystem(clean):
             out = [sorted(os.listdir('/')), os.path.exists(project), os.path.exists('/proc'),
                    os.path.exists('/etc'), os.path.exists('/home'),
                    os.listdir(site) if os.path.isdir(site) else []]
-            for path in ('/usr/x', '/x', '/tmp/x', os.__file__):
+            for path in ('/usr/x', '/x', '/tmp/x', os.__file__, '/packages/numpy/x.py',
+                         '/packages/x'):
                 try:
                     open(path, 'a').close()
                     out.append('wrote')
@@ -164,9 +161,11 @@ def test_minimal_read_only_filesystem(clean):
             return out
     """)
     root, project, proc, etc, home, site, *writes = seen(run1(clean, probe, repr(str(ROOT))))  # type: ignore[misc]
-    assert set(root) <= {"azr", "bin", "dev", "lib", "lib64", "root", "sbin", "tmp", "usr"}
+    allowed = {"azr", "bin", "dev", "lib", "lib64", "packages", "root", "sbin", "tmp", "usr"}
+    assert set(root) <= allowed
     assert (project, proc, etc, home, site) == (False, False, False, False, [])
     assert "wrote" not in writes  # read-only mounts (EROFS) or not writable (EACCES)
+    assert writes[-2:] == [30, 13]  # the exposed packages: a read-only bind, a root-owned dir
 
 
 def test_seccomp_filter_in_every_job(clean):

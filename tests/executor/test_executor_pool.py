@@ -21,6 +21,7 @@ from megatron_azr.executor import (
     SandboxUnavailable,
     sandbox,
 )
+from megatron_azr.executor.runtime.zygote import ONE_THREAD
 
 SLEEPY = "import time\ndef f(x):\n    time.sleep(x)\n    return x"
 
@@ -69,25 +70,31 @@ def test_unconfined_mode_keeps_the_per_job_layers():
         # Job uids cannot read this interpreter outside a mount namespace: refused, with the fix.
         with pytest.raises(SandboxUnavailable, match=r"executor\.python"):
             SandboxExecutor(cfg)
+        # Debian's python3-sympy declares no requirements: mpmath must be listed.
         cfg = ExecutorConfig(workers=2, sandbox="unconfined", allow_unconfined=True,
-                             python="/usr/bin/python3")  # fmt: skip
+                             python="/usr/bin/python3",
+                             packages=["numpy", "sympy", "mpmath"])  # fmt: skip
     with SandboxExecutor(cfg) as ex:
         assert ex.spec.mode == "unconfined"
         probe = src("""
             import os, socket
+            import numpy, sympy
             def f(x):
-                out = [os.getuid(), dict(os.environ)]
+                out = [os.getuid(), dict(os.environ) == ONE_THREAD]
                 for family in (socket.AF_INET, socket.AF_UNIX):
                     try:
                         socket.socket(family)
                         out.append('socket')
                     except OSError as e:
                         out.append(e.errno)
-                return out
+                return out + [int(numpy.int64(2) * 3), str(sympy.sqrt(8))]
         """)
-        r = run1(ex, probe)
+        r = run1(ex, f"ONE_THREAD = {ONE_THREAD!r}\n" + probe)
         assert r.ok and r.outputs[0].startswith("[99000")
-        assert r.outputs[0].endswith("{}, 13, 13]")  # no env; seccomp: no sockets at all
+        # Nothing inherited; seccomp: no sockets at all; the exposed packages import.
+        assert r.outputs[0].endswith("True, 13, 13, 6, '2*sqrt(2)']")
+        r = run1(ex, "import yaml\ndef f(x):\n    return x")  # installed, not listed
+        assert r.error_type == "ModuleNotFoundError"
         daemon = src("""
             import os, time
             def f(x):

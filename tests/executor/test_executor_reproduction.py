@@ -3,7 +3,7 @@
 Every recorded output that is reproducible at all must be reproduced (value equality decided in
 the sandbox); each record that is not must be one `--validate` rejects, for a stated reason
 (hash-order or random output, a memory address, an output the 400-char rule cut, an empty output
-the original let through, a repr that does not evaluate in the program's scope).
+the original let through, a repr that does not read back as a literal).
 """
 
 from __future__ import annotations

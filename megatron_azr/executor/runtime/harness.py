@@ -7,6 +7,13 @@ attributed to the part that has it. Each item (one input, or one hidden pair) ru
 namespace in which the program's module code was executed again, as the original's one execution
 per check did.
 
+Model text that becomes a value to compare (answers, gold outputs, an abduction answer's
+arguments, hidden inputs, an output read back) is a literal evaluated without the program's names
+(``literals.py``): a deduction is graded without running the program at all, an abduction or
+induction answer's arguments are values before ``f(*args, **kwargs)`` is called. Only a proposed
+program's own inputs (``run``/``validate``) are evaluated in its scope, as ``f(<input>)``. A side
+equal to anything (``__eq__`` always true, even nested in builtin containers) matches nothing.
+
 Results leave as JSON lines on a pipe, one per item and a final ``done`` line, written through
 functions captured at import time: a program that rebinds ``builtins.repr`` or ``json.dumps``
 changes nothing here. The process is forked per job, so whatever a program tampers with dies
@@ -23,8 +30,10 @@ import json
 import os
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from . import literals
 
 OUTPUT_LIMIT = 400  # the original's truncation rule (spec §5.2.5)
 MESSAGE_LIMIT = 600
@@ -32,10 +41,12 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 # Captured before any job code runs (job code runs in a forked copy of this module).
 _repr, _str, _bool, _len, _type = repr, str, bool, len, type
+_id, _isinstance = id, isinstance
 _compile, _exec, _eval = compile, exec, eval
 _write = os.write
 _quote = json.encoder.encode_basestring_ascii
 _JSON_CONST: dict[Any, str] = {None: "null", True: "true", False: "false"}
+_CALL_F = compile("f(*args, **kwargs)", "<call>", "eval")
 
 
 def truncate(text: str) -> str:
@@ -181,7 +192,49 @@ def _fresh_namespace(program: Any) -> dict[str, Any]:
 
 
 def _equal(gold: Any, value: Any) -> bool:
-    return _bool(gold == value)
+    """The original's ``gold == value``, except that a side equal to anything matches nothing."""
+    return _bool(gold == value) and not _equal_to_anything(gold) and not _equal_to_anything(value)
+
+
+class _Unmatched:
+    """Equal only to itself: an object that compares equal to a fresh one equals anything."""
+
+    __slots__ = ()
+
+
+_CONTAINERS: dict[type, Callable[[Any], Iterator[Any]]] = {
+    list: list.__iter__,
+    tuple: tuple.__iter__,
+    set: set.__iter__,
+    frozenset: frozenset.__iter__,
+}
+
+
+def _equal_to_anything(value: Any) -> bool:
+    """Is ``value``, or an element of it (through builtin containers and dicts), equal to an
+    object it has never seen? Such an element makes any comparison hold (``[A()] == [1]``).
+    Elements inside other containers are not walked (a known limit, like any program that
+    runs in the job's process and chooses to misreport its own verdict)."""
+    stack, seen, probe = [value], set(), _Unmatched()
+    while stack:
+        v = stack.pop()
+        if _id(v) in seen:
+            continue
+        seen.add(_id(v))
+        try:
+            if _bool(v == probe):
+                return True
+        except Exception:  # numpy arrays refuse bool(); such a value is no always-equal object
+            pass
+        if _isinstance(v, dict):
+            stack += dict.keys(v)
+            stack += dict.values(v)
+            continue
+        for base, iterate in _CONTAINERS.items():
+            if _isinstance(v, base):
+                stack += iterate(v)
+                break
+    return False
 
 
 def prepare(task: dict[str, Any]) -> dict[str, Any]:
@@ -224,14 +277,17 @@ def run_task(task: dict[str, Any], out: Emitter) -> None:
 def execute(prepared: dict[str, Any], out: Emitter) -> None:
     """Run a prepared task (in the job process) and emit its result lines."""
     task, kind, source = prepared["task"], prepared["kind"], prepared["source"]
+    program = None
     try:
         if kind == "validate":
             program = _check_proposal(source, task.get("banned") or [], prepared["banned_words"])
-        else:
+        elif kind != "deduction":
             program = _stage("program", lambda: _compile(source, "<program>", "exec"))
     except _Failure as f:
         out.emit({"i": -1, **_failure_record(f)})
         return
+    # What a literal may name besides the builtin few: what the task's import statements bind.
+    scope = literals.Scope(lambda: [*(task.get("imports") or ()), task.get("program") or ""])
     budget = prepared["budget"]
     if budget:
         signal.signal(signal.SIGALRM, _on_alarm)
@@ -239,7 +295,7 @@ def execute(prepared: dict[str, Any], out: Emitter) -> None:
         try:
             if budget:
                 signal.setitimer(signal.ITIMER_REAL, budget)
-            record = _run_item(program, kind, args, expected, task)
+            record = _run_item(program, kind, args, expected, task, scope)
             signal.setitimer(signal.ITIMER_REAL, 0)
         except _Failure as f:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -264,49 +320,63 @@ def _at(seq: list[str] | None, i: int) -> str | None:
     return seq[i] if seq and i < _len(seq) else None
 
 
-def _evaluate(stage: str, text: str, ns: dict[str, Any]) -> Any:
-    code = _stage(stage, lambda: _compile(text, f"<{stage}>", "eval"))
-    return _stage(stage, lambda: _eval(code, ns))
+def _literal(stage: str, text: str | None, scope: literals.Scope) -> Any:
+    return _stage(stage, lambda: literals.evaluate(_str(text), scope))
 
 
 def _run_item(
-    program: Any, kind: str, args: str | None, expected: str | None, task: dict[str, Any]
+    program: Any,
+    kind: str,
+    args: str | None,
+    expected: str | None,
+    task: dict[str, Any],
+    scope: literals.Scope,
 ) -> dict[str, Any]:
+    if kind == "deduction":  # no program: with its names in scope, `f(<input>)` is the gold
+        gold = _literal("expected", expected, scope)
+        value = _literal("prediction", task["prediction"], scope)
+        return _verdict(gold, value)
+    if kind in ("abduction", "induction"):
+        # Model text becomes values before the program runs, without its names; then the
+        # original's `gold == f(pred)`.
+        stage = "prediction" if kind == "abduction" else "input"
+        gold = _literal("expected", expected, scope)
+        call_args = _stage(stage, lambda: literals.arguments(args or "", scope))
+        ns = _stage("program", lambda: _fresh_namespace(program))
+        return _verdict(gold, _stage("call", lambda: _call_f(ns, *call_args)))
     ns = _stage("program", lambda: _fresh_namespace(program))
-    gold: Any = None
-    if kind == "deduction":
-        gold = _evaluate("expected", _str(expected), ns)
-        value = _evaluate("prediction", task["prediction"].strip(), ns)
-        match = _stage("compare", lambda: _equal(gold, value))
-        output = _stage("repr", lambda: truncate(_str(_repr(value))))
-        return {"status": "ok", "output": output, "match": match}
-    stage = "prediction" if kind == "abduction" else "input"
-    call = _stage(stage, lambda: _compile(_call_source(args or ""), f"<{stage}>", "eval"))
-    if kind in ("abduction", "induction"):  # the original's `gold == f(pred)` order
-        gold = _evaluate("expected", _str(expected), ns)
+    call = _stage("input", lambda: _compile(_call_source(args or ""), "<input>", "eval"))
     value = _stage("call", lambda: _eval(call, ns))
     output = _stage("repr", lambda: truncate(_str(_repr(value))))
     if kind == "validate":
         try:
-            _check_deterministic(ns, call, value, output, task)
+            _check_deterministic(ns, call, value, output, task, scope)
         except BaseException as e:
             raise _Failure("determinism", e, output) from None
     record: dict[str, Any] = {"status": "ok", "output": output}
-    if kind in ("abduction", "induction"):
-        record["match"] = _stage("compare", lambda: _equal(gold, value))
-    elif expected is not None:
-        record["match"] = _reproduces(expected, output, value, ns)
+    if expected is not None:
+        record["match"] = _reproduces(expected, output, value, scope)
     return record
 
 
-def _reproduces(expected: str, output: str, value: Any, ns: dict[str, Any]) -> bool:
+def _call_f(ns: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return _eval(_CALL_F, ns, {"args": args, "kwargs": kwargs})  # NameError without an f
+
+
+def _verdict(gold: Any, value: Any) -> dict[str, Any]:
+    match = _stage("compare", lambda: _equal(gold, value))
+    output = _stage("repr", lambda: truncate(_str(_repr(value))))
+    return {"status": "ok", "output": output, "match": match}
+
+
+def _reproduces(expected: str, output: str, value: Any, scope: literals.Scope) -> bool:
     """Does a recorded output (a repr, cut by the 400-char rule) describe this result? Yes if the
-    text is identical, else if it evaluates, in the program's scope, to an equal value. A gold
-    that does not evaluate is a mismatch, not an error: the program itself ran fine."""
+    text is identical, else if it evaluates, as a literal, to an equal value. A gold that does
+    not evaluate is a mismatch, not an error: the program itself ran fine."""
     if output == expected.strip():
         return True
     try:
-        return _equal(_eval(_compile(expected, "<expected>", "eval"), ns), value)
+        return _equal(literals.evaluate(expected, scope), value)
     except ItemTimeout:
         raise
     except BaseException:
@@ -329,7 +399,12 @@ def _check_proposal(source: str, banned: list[str], words: re.Pattern[str] | Non
 
 
 def _check_deterministic(
-    ns: dict[str, Any], call: Any, first: Any, output: str, task: dict[str, Any]
+    ns: dict[str, Any],
+    call: Any,
+    first: Any,
+    output: str,
+    task: dict[str, Any],
+    scope: literals.Scope,
 ) -> None:
     """Spec §5.2.3 done right: a second call in the same namespace (state kept between calls
     shows up, as in the original's template) must agree, and the output must be usable as gold."""
@@ -338,12 +413,16 @@ def _check_deterministic(
     second = _eval(call, ns)
     if not _bool(first == first):
         raise Invalid("UnequalToItself", f"the output is not equal to itself: {output[:200]}")
+    if _equal_to_anything(first):  # every abduction/induction answer would match it
+        raise Invalid("EqualToAnything", f"the output equals anything: {output[:200]}")
     if not _bool(first == second) or truncate(_str(_repr(second))) != output:
         raise Invalid("NonDeterministic", "two calls in one process returned different values")
     if task.get("round_trip"):
+        # Read back as a solver's answer is: a literal, without the program's names.
         try:
-            back = _eval(_compile(output, "<output>", "eval"), ns)
-            same = _bool(back == first)
+            same = _bool(literals.evaluate(output, scope) == first)
+        except ItemTimeout:
+            raise
         except BaseException as e:
             raise Invalid("NoRoundTrip", _message("output", e)) from None
         if not same:

@@ -1,12 +1,13 @@
 """The fork server: one per worker, started inside the worker's sandbox.
 
-It starts once (interpreter, stdlib modules programs use, the harness, the seccomp filter, a
-warm-up) and then forks a fresh process per task, so a job pays for a ``fork``, not for an
-interpreter start. Per task it:
+It starts once (interpreter, stdlib modules programs use, the preloaded packages, the harness,
+the seccomp filter, a warm-up) and then forks a fresh process per task, so a job pays for a
+``fork``, not for an interpreter start. Per task it:
 
 * makes a private working directory (owned by the job's uid, mode 0700),
 * forks; the child gets its own process group, stdin and stdout on /dev/null, stderr on a
-  capped in-memory file, the result pipe on fd 3 and no other descriptor, an empty environment,
+  capped in-memory file, the result pipe on fd 3 and no other descriptor, an environment that
+  holds only the one-thread settings of BLAS/OpenMP (``ONE_THREAD``),
   rlimits (address space, CPU, file size, open files, processes, no core dumps), the worker's
   unprivileged uid with no supplementary groups and no capabilities, and dies with this server,
 * waits for it: each item has its own alarm inside the job; this server's deadline (the sum of
@@ -37,6 +38,7 @@ from typing import Any
 
 from . import harness, protocol
 
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _RESULT_FD = 3
@@ -276,8 +278,14 @@ def _scrub(top: str) -> None:
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     os.environ.clear()
+    # Before any import: a BLAS or OpenMP pool started here would not survive the forks, and in
+    # a job it would be ncpu threads against the process limit. Jobs inherit this environment.
+    os.environ.update(ONE_THREAD)
+    if cfg["package_path"]:
+        sys.path.append(cfg["package_path"])
     for name in cfg["preload"]:
-        with contextlib.suppress(ImportError):
+        # One that fails is reported by the pool's check at start (a job that imports it).
+        with contextlib.suppress(Exception):
             importlib.import_module(name)
     sys.path[:] = [p for p in sys.path if p != cfg["runtime_root"]]
     zygote = Zygote(cfg)
