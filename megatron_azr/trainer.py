@@ -145,6 +145,8 @@ def train(cfg: Config) -> dict[str, float]:
 
 def make_rollout(cfg: Config, model_dir: Path) -> LeaderRollout | ReplicatedRollout:
     rollout_cfg = dataclasses.replace(cfg.rollout, load_format="dummy")
+    # rollout.dtype=auto computes in the actor's precision: the engine's log-probs enter the loss.
+    precision = cfg.actor.precision
     if cfg.rollout.replicated:
         size = cfg.rollout.tensor_parallel_size
         if dist.get_world_size() % size:
@@ -152,8 +154,10 @@ def make_rollout(cfg: Config, model_dir: Path) -> LeaderRollout | ReplicatedRoll
                 f"rollout.tensor_parallel_size={size} does not divide the world size "
                 f"{dist.get_world_size()}"
             )
-        return ReplicatedRollout(build_rollout_engine(rollout_cfg, model_dir), rollout_cfg)
-    engine = build_rollout_engine(rollout_cfg, model_dir) if _is_leader() else None
+        return ReplicatedRollout(
+            build_rollout_engine(rollout_cfg, model_dir, precision), rollout_cfg
+        )
+    engine = build_rollout_engine(rollout_cfg, model_dir, precision) if _is_leader() else None
     return LeaderRollout(engine, rollout_cfg)
 
 

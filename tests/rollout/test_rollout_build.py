@@ -93,3 +93,19 @@ def test_checked_rejects_non_tensors_unknown_names_and_shapes():
     [(name, _)] = checked([("w", torch.ones(2, 3))], shapes, "HF parameter", stats)
     assert name == "w"
     assert stats.tensors == 1 and stats.bytes == 24 and stats.names == {"w"}
+
+
+@pytest.mark.parametrize("load_format", ["auto", "dummy"])
+def test_auto_dtype_follows_the_actor(model_bf16_config, load_format):
+    """A config.json saying bfloat16 must not put the engine in bf16 beside an fp32 actor: its
+    log-probs enter the loss as the rollout log-probs."""
+    cfg = RolloutConfig(load_format=load_format)
+
+    def dtype(engine):
+        return next(engine.model.parameters()).dtype
+
+    assert dtype(build_rollout_engine(cfg, model_bf16_config)) == torch.bfloat16
+    assert dtype(build_rollout_engine(cfg, model_bf16_config, "fp32")) == torch.float32
+    assert dtype(build_rollout_engine(cfg, model_bf16_config, "bf16")) == torch.bfloat16
+    pinned = RolloutConfig(load_format=load_format, dtype="float16")
+    assert dtype(build_rollout_engine(pinned, model_bf16_config, "fp32")) == torch.float16

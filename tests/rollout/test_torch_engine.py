@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -194,3 +195,57 @@ def test_tied_embeddings_update_through_either_name(model_tied):
         engine = TorchEngine(model_tied, RolloutConfig(load_format="dummy"))
         engine.update_weights(renamed.items())
         assert engine.generate(PROMPTS, sp) == reference
+
+
+def test_seeded_prompts_do_not_depend_on_the_batch(model_a):
+    """Per-prompt seeds: sample j of prompt i draws from seeds[i] + j, whatever else is in the
+    call, however the call is split into batches."""
+    sp = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=10, n=3)
+    prompts = [*PROMPTS, PROMPTS[0]]  # a prompt twice, with other seeds: other samples
+    seeds = [11, 500, 7, 900]
+
+    def ids(groups):
+        return [[c.token_ids for c in g] for g in groups]
+
+    together = ids(TorchEngine(model_a).generate(prompts, sp, seeds))
+    split = TorchEngine(model_a, RolloutConfig(max_num_seqs=3))  # one prompt per batch
+    assert ids(split.generate(prompts, sp, seeds)) == together
+    reordered = split.generate(prompts[::-1], sp, seeds[::-1])
+    assert ids(reordered)[::-1] == together
+    for i in range(len(prompts)):
+        assert ids(split.generate([prompts[i]], sp, [seeds[i]]))[0] == together[i]
+    # sample j is the first sample of seed seeds[1] + j
+    single = dataclasses.replace(sp, n=1)
+    firsts = [split.generate([prompts[1]], single, [seeds[1] + j])[0][0] for j in range(3)]
+    assert [c.token_ids for c in firsts] == together[1]
+    assert together[0] != together[3]
+    # without seeds, sampling.seed seeds every prompt alike (vLLM's behaviour)
+    shared = ids(split.generate(prompts, dataclasses.replace(sp, seed=11)))
+    assert shared[0] == shared[3] == together[0]
+    with pytest.raises(ValueError, match="one per prompt"):
+        split.generate(prompts, sp, seeds[:2])
+
+
+@pytest.mark.parametrize("shared_seed", [False, True])
+def test_samples_of_different_prompts_are_independent(model_a, hf, shared_seed):
+    """Two prompts whose next-token distributions p_a, p_b overlap: sampled independently, their
+    first tokens agree at the rate sum_k p_a(k) p_b(k); under one shared seed (the coupling bug:
+    the same uniform draws drive both) they agree far more often."""
+    tok = AutoTokenizer.from_pretrained(model_a)
+    prompts = ["def f(a):", "def f(b):"]
+    p_a, p_b = (
+        hf(torch.tensor([tok(p).input_ids])).logits[0, -1].softmax(-1).detach() for p in prompts
+    )
+    q = float((p_a * p_b).sum())
+    n = 4000
+    seeds = [0, 0] if shared_seed else [0, 10**6]
+    groups = TorchEngine(model_a).generate(
+        prompts, SamplingParams(temperature=1.0, max_tokens=1, n=n), seeds
+    )
+    agree = sum(a.token_ids == b.token_ids for a, b in zip(*groups, strict=True))
+    sd = (n * q * (1 - q)) ** 0.5
+    assert 20 < n * q < n / 10  # overlapping distributions, yet agreement is not the norm
+    if shared_seed:
+        assert agree > n * q + 20 * sd
+    else:
+        assert abs(agree - n * q) < 4.5 * sd

@@ -3,6 +3,8 @@
 The engines live in one child process for the whole module (see rollout_remote).
 """
 
+import dataclasses
+
 import pytest
 import torch
 from rollout_reference import PROMPTS, hf_greedy, hf_token_logprobs, hf_warpers
@@ -144,3 +146,42 @@ def test_dummy_load_then_update_with_tied_embeddings(remote, model_tied):
     tok = AutoTokenizer.from_pretrained(model_tied)
     outs = remote("generate", "tied", PROMPTS, GREEDY)
     assert [g[0].token_ids for g in outs] == [hf_greedy(hf, tok, p, 24) for p in PROMPTS]
+
+
+def test_seeded_long_prompts_overflowing_the_token_budget(remote, model_a):
+    """The trainer's sampling on prompts that overflow one step's token budget (vLLM-CPU's
+    default max_num_batched_tokens is 4096). With chunked prefill, vLLM rewinds the generator of
+    a partly prefilled seeded request, which a CPU generator cannot do (`CPU Generator does not
+    use offset`); had it skipped the rewind, the draw spent on the partial step would make the
+    samples depend on how prompts were chunked. Each seeded prompt samples the same alone."""
+    tok = AutoTokenizer.from_pretrained(model_a)
+    prompts = [f"# task {i}\n" + "def f(a):\n    return [a, a + 1]\n" * 60 for i in range(4)]
+    assert sum(len(tok(p).input_ids) for p in prompts) > 4096
+    sp = SamplingParams(temperature=1.0, top_p=0.9, top_k=40, max_tokens=8, n=2)
+    seeds = [101, 202, 303, 404]
+    together = remote("generate", "a", prompts, sp, seeds)
+    alone = [remote("generate", "a", [p], sp, [s])[0] for p, s in zip(prompts, seeds, strict=True)]
+    assert [[c.token_ids for c in g] for g in together] == [[c.token_ids for c in g] for g in alone]
+
+
+def test_auto_dtype_follows_the_actor(remote, model_bf16_config, hf_a):
+    """config.json says bfloat16; beside an fp32 actor the engine must compute in fp32 (seen:
+    log-probs off by up to 0.33 when it silently ran bf16)."""
+    auto = {**CPU, "dtype": "auto"}
+    assert remote("build", "bf16", str(model_bf16_config), auto)["dtype"] == "torch.bfloat16"
+    info = remote("build", "fp32", str(model_bf16_config), auto, "fp32")
+    assert info["dtype"] == "torch.float32"
+    (c,) = remote("generate", "fp32", PROMPTS[:1], GREEDY)[0]
+    ref = hf_token_logprobs(hf_a, c.prompt_token_ids, c.token_ids)  # same weights, in fp32
+    torch.testing.assert_close(torch.tensor(c.logprobs), ref, atol=1e-4, rtol=0)
+
+
+def test_per_prompt_seeds_follow_the_protocol(remote):
+    """Sample j of prompt i draws from seeds[i] + j: vLLM seeds the j-th child of an n > 1
+    request with seed + j, so seeds closer than n apart share streams."""
+    sp = dataclasses.replace(SAMPLED, seed=None)
+    (a, b, c) = remote("generate", "a", [PROMPTS[0]] * 3, sp, [5, 6, 500])
+    assert a[1].token_ids == b[0].token_ids and a[2].token_ids == b[1].token_ids
+    assert {tuple(x.token_ids) for x in c}.isdisjoint({tuple(x.token_ids) for x in a})
+    with pytest.raises(ValueError, match="one per prompt"):
+        remote("generate", "a", PROMPTS, sp, [1])
