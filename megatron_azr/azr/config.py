@@ -79,6 +79,14 @@ class AZRConfig:
     # Ablation switches (paper Table 2): show references to the proposer, train the proposer.
     include_references: bool = True
     train_propose: bool = True
+    # Proposer prompts without references (K = 0): the paper's run kept the prompt's reference
+    # wording and an empty "Reference Code Snippets" section (Table 2's "w/o references" row);
+    # false drops both.
+    empty_reference_section: bool = True
+    # Prompt template: "r1" is the paper's raw R1 text (a plain concatenation, no chat tokens;
+    # what base models were trained with); "chat" puts the R1 instruction and the task through
+    # the model's own chat template (instruct models), the generation still opened with <think>.
+    prompt_template: Literal["r1", "chat"] = "r1"
     # Seed buffers (JSONL in the official format); empty = start from the identity triplet.
     seed_io_path: str = ""
     seed_induction_path: str = ""

@@ -23,6 +23,13 @@ from megatron_azr.azr.protocols import TaskType
 # Answer extraction and the think/answer format check
 
 
+def first_turn(response: str) -> str:
+    """The response up to a second ``Assistant:`` turn. A model that keeps writing the dialogue
+    after its answer (``User: ...`` then ``Assistant: ...``) is judged on its own first turn only,
+    as the original did (it split the decoded text on ``Assistant:``)."""
+    return response.split("Assistant:", 1)[0]
+
+
 def extract_answer(response: str) -> str | None:
     """Text after the last ``<answer>`` up to the next ``</answer>`` (or the end), stripped.
 

@@ -6,32 +6,61 @@ their conditioning material; solvers get the task material and the answer format
 fenced blocks inside ``<answer>`` (the parser only looks there). Unlike the original, the
 "difficulty" criterion of the two program proposers is not swapped between them.
 
-Body builders return the task text alone (evaluation may wrap it in another template);
-:func:`proposer_prompt` and :func:`solver_prompt` return the full R1-wrapped prompt.
+Body builders return the task text alone; :func:`proposer_prompt` and :func:`solver_prompt`
+return the full prompt, wrapped by the paper's raw R1 template (:func:`r1_wrap`, the default, for
+base models) or another :data:`Wrap` (the trainer builds one from a model's chat template).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from megatron_azr.azr.protocols import TaskType
 from megatron_azr.azr.tasks import InductionTask, Triplet
 
 # DeepSeek-R1-Zero style: the model's generation starts inside an open <think>. Base models get a
 # plain concatenation (no chat template, no special tokens), as in the original.
-R1_TEMPLATE = (
+R1_INSTRUCTION = (
     "A conversation between User and Assistant. The User gives a task and the Assistant "
     "completes it. The Assistant first reasons about the task privately and then gives the User "
     "its answer. The reasoning goes inside <think> </think> tags and the answer inside "
     "<answer> </answer> tags, i.e. <think> reasoning here </think> <answer> answer here "
-    "</answer>.\nUser: {prompt}\nAssistant: <think>"
+    "</answer>."
 )
+R1_TEMPLATE = R1_INSTRUCTION + "\nUser: {prompt}\nAssistant: <think>"
+
+# A prompt template: task text -> the full prompt, which must end inside an open <think>.
+Wrap = Callable[[str], str]
 
 INDUCTION_SUFFIX = "f(<|YOUR INPUT WILL BE PLUGGED HERE|>)"
 
 
 def r1_wrap(task_prompt: str) -> str:
     return R1_TEMPLATE.replace("{prompt}", task_prompt.strip())
+
+
+def prompt_wrap(template: str, tokenizer: Any) -> Wrap:
+    """The prompt template of ``azr.prompt_template``: the paper's raw R1 text, or the R1
+    instruction and the task through the tokenizer's chat template (generation opened with
+    ``<think>`` as in the raw template)."""
+    if template == "r1":
+        return r1_wrap
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "azr.prompt_template=chat, but the model's tokenizer has no chat template "
+            "(a base model): use azr.prompt_template=r1"
+        )
+
+    def wrap(task: str) -> str:
+        messages = [
+            {"role": "system", "content": R1_INSTRUCTION},
+            {"role": "user", "content": task.strip()},
+        ]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return str(text) + "<think>"
+
+    return wrap
 
 
 def _fence(tag: str, body: str) -> str:
@@ -82,23 +111,28 @@ def program_proposer_body(
     banned: Sequence[str],
     timeout_s: float = 10.0,
     seeding: bool = False,
+    empty_reference_section: bool = True,
 ) -> str:
-    """Deduction/abduction proposer: write a new program and one input for it."""
+    """Deduction/abduction proposer: write a new program and one input for it.
+
+    Without references (K = 0, the "no references" ablation of paper Table 2) the paper's run
+    kept the whole prompt, its reference wording and an empty reference section
+    (``empty_reference_section``); False drops them instead."""
     goal, shown, difficulty = _PROGRAM_GOAL[task]
     refs = "\n".join(
         f"<snippet_{k}>\n{_fence('python', r.snippet)}\n{_fence('input', r.input)}\n"
         f"{_fence('output', r.output)}\n</snippet_{k}>"
         for k, r in enumerate(references)
     )
-    # K = 0 is the "no references" ablation (paper Table 2): no examples, no similarity criterion.
-    using = "Using the reference snippets below as examples, design" if refs else "Design"
+    with_refs = bool(refs) or empty_reference_section
+    using = "Using the reference snippets below as examples, design" if with_refs else "Design"
     creativity = (
         "\n- Creativity: the snippet must be clearly different from the reference snippets"
-        if refs
+        if with_refs
         else ""
     )
-    distinct = ", different from the references" if refs else ""
-    refs_section = f"\n### Reference Code Snippets:\n{refs}\n" if refs else ""
+    distinct = ", different from the references" if with_refs else ""
+    refs_section = f"\n### Reference Code Snippets:\n{refs}\n" if with_refs else ""
     return f"""## Task: Write a New Python Code Snippet and One Input for It
 
 Custom classes are allowed; define them at the top of the snippet. {using} a new and \
@@ -252,22 +286,31 @@ def proposer_prompt(
     n_inputs: int = 10,
     timeout_s: float = 10.0,
     seeding: bool = False,
+    empty_reference_section: bool = True,
+    wrap: Wrap = r1_wrap,
 ) -> str:
-    """The R1-wrapped proposer prompt: ``references`` for deduction/abduction, ``program`` (a
-    buffer program) for induction."""
+    """The proposer prompt: ``references`` for deduction/abduction, ``program`` (a buffer
+    program) for induction."""
     if task is TaskType.INDUCTION:
-        return r1_wrap(induction_proposer_body(program, n_inputs))
-    return r1_wrap(program_proposer_body(task, references, banned, timeout_s, seeding))
+        return wrap(induction_proposer_body(program, n_inputs))
+    return wrap(
+        program_proposer_body(task, references, banned, timeout_s, seeding, empty_reference_section)
+    )
 
 
-def solver_prompt(task: TaskType, record: Triplet | InductionTask, timeout_s: float = 10.0) -> str:
-    """The R1-wrapped solver prompt for a buffer entry of type ``task``."""
+def solver_prompt(
+    task: TaskType,
+    record: Triplet | InductionTask,
+    timeout_s: float = 10.0,
+    wrap: Wrap = r1_wrap,
+) -> str:
+    """The solver prompt for a buffer entry of type ``task``."""
     if task is TaskType.INDUCTION:
         if not isinstance(record, InductionTask):
             raise TypeError(f"induction solver prompt needs an InductionTask, got {record!r}")
-        return r1_wrap(induction_solver_body(record, timeout_s))
+        return wrap(induction_solver_body(record, timeout_s))
     if not isinstance(record, Triplet):
         raise TypeError(f"{task} solver prompt needs a Triplet, got {record!r}")
     if task is TaskType.ABDUCTION:
-        return r1_wrap(abduction_solver_body(record))
-    return r1_wrap(deduction_solver_body(record))
+        return wrap(abduction_solver_body(record))
+    return wrap(deduction_solver_body(record))

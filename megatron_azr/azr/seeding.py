@@ -28,10 +28,11 @@ from megatron_azr.azr.buffers import Buffers, write_jsonl
 from megatron_azr.azr.config import AZRConfig
 from megatron_azr.azr.parsing import (
     ParseFailure,
+    first_turn,
     parse_induction_proposal,
     parse_program_proposal,
 )
-from megatron_azr.azr.prompts import proposer_prompt
+from megatron_azr.azr.prompts import Wrap, proposer_prompt, r1_wrap
 from megatron_azr.azr.protocols import Executor, Generator, Job, TaskType
 from megatron_azr.azr.selfplay import (
     ProposerPrompt,
@@ -42,6 +43,7 @@ from megatron_azr.azr.selfplay import (
     induction_validation_job,
     program_record,
     program_validation_job,
+    prompt_seeds,
     sampling_params,
 )
 from megatron_azr.azr.tasks import (
@@ -82,14 +84,18 @@ class Seeder:
         *,
         seed: int = 0,
         prompt_fits: Callable[[str], bool] | None = None,
+        wrap: Wrap = r1_wrap,
         max_rounds: int = 64,
     ) -> None:
         self.cfg = cfg
         self.rollout = rollout
         self.executor = executor
         self.sampling = sampling_params(cfg)
+        self.seed = seed
         self.rng = random.Random(f"megatron-azr/seeding/{seed}")
+        self.calls = 0  # generate calls so far: each draws fresh per-prompt seeds
         self.prompt_fits = prompt_fits or (lambda _prompt: True)
+        self.wrap = wrap
         self.max_rounds = max_rounds
         self.target = cfg.batch_size * cfg.seed_batch_factor
 
@@ -104,7 +110,10 @@ class Seeder:
         return draw_prompts(self.cfg.batch_size, draw, self.prompt_fits)
 
     def _texts(self, prompts: list[str]) -> list[str]:
-        return [group[0].text for group in generate_checked(self.rollout, prompts, self.sampling)]
+        self.calls += 1
+        seeds = prompt_seeds(self.seed, f"seeding/{self.calls}", len(prompts))
+        groups = generate_checked(self.rollout, prompts, self.sampling, seeds)
+        return [first_turn(group[0].text) for group in groups]
 
     def _grow(self, records: list[R], propose: Callable[[], list[R]], what: str) -> list[R]:
         """Add the not-yet-seen records of ``propose()`` rounds to ``records`` until it holds
@@ -141,6 +150,8 @@ class Seeder:
                 banned=cfg.banned_imports,
                 timeout_s=cfg.program_timeout_s,
                 seeding=True,
+                empty_reference_section=cfg.empty_reference_section,
+                wrap=self.wrap,
             )
             return ProposerPrompt(task, prompt)
 
@@ -181,7 +192,9 @@ class Seeder:
         def draw() -> ProposerPrompt:
             program = self.rng.choice(programs)
             n = cfg.n_induction_inputs
-            prompt = proposer_prompt(TaskType.INDUCTION, program=program.snippet, n_inputs=n)
+            prompt = proposer_prompt(
+                TaskType.INDUCTION, program=program.snippet, n_inputs=n, wrap=self.wrap
+            )
             return ProposerPrompt(TaskType.INDUCTION, prompt, program)
 
         def propose() -> list[InductionTask]:

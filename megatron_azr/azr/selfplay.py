@@ -40,11 +40,12 @@ from megatron_azr.azr.parsing import (
     ProgramProposal,
     extract_solver_answer,
     extract_thought,
+    first_turn,
     is_well_formatted,
     parse_induction_proposal,
     parse_program_proposal,
 )
-from megatron_azr.azr.prompts import proposer_prompt, solver_prompt
+from megatron_azr.azr.prompts import Wrap, proposer_prompt, r1_wrap, solver_prompt
 from megatron_azr.azr.protocols import (
     Completion,
     ExecResult,
@@ -81,14 +82,22 @@ class Proposal:
     # Parse failure reason, or "exec_<status>" for a failed validation; None when valid.
     failure: str | None = None
     record: Triplet | InductionTask | None = None
+    # False when the task's solver prompt is over the length limit: it is never shown to a
+    # solver, so it stays out of the buffer (its solve rate is 0, as in the original).
+    solvable: bool = True
     solve_rate: float = 0.0
     reward: float = 0.0
     advantage: float = 0.0
     parsed: ProgramProposal | InductionProposal | None = field(default=None, repr=False)
+    status: str = ""  # the validation job's status; "" when the proposal did not parse
 
     @property
     def valid(self) -> bool:
         return self.record is not None
+
+    @property
+    def text(self) -> str:
+        return first_turn(self.completion.text)
 
 
 @dataclass
@@ -103,6 +112,12 @@ class Solve:
     accuracy: float = 0.0
     reward: float = 0.0
     advantage: float = 0.0
+    answer: str | None = None  # what was graded; None: no answer to run (graded -1 or 0)
+    status: str = ""  # the grading job's status; "" when none ran
+
+    @property
+    def text(self) -> str:
+        return first_turn(self.completion.text)
 
 
 @dataclass
@@ -117,6 +132,68 @@ class StepResult:
     def samples(self) -> list[TrainSample]:
         """All training samples of the step (one actor update on all of them)."""
         return [s for batch in self.batches.values() for s in batch]
+
+    def rows(self) -> list[dict[str, object]]:
+        """Every proposer and solver response of the step as a plain record (the rollout dump):
+        what the model saw and wrote, what was parsed from it, what the executor said, and the
+        reward and advantage it was trained with."""
+        out: list[dict[str, object]] = [_proposal_row(self.step, p) for p in self.proposals]
+        out += [_solve_row(self.step, s) for s in self.solves]
+        return out
+
+
+def _response_fields(item: Proposal | Solve) -> dict[str, object]:
+    c = item.completion
+    return {
+        "prompt": item.prompt,
+        "response": c.text,
+        "response_tokens": len(c.token_ids),
+        "finish_reason": c.finish_reason,
+        "well_formatted": item.well_formatted,
+    }
+
+
+def _proposal_row(step: int, p: Proposal) -> dict[str, object]:
+    parsed: dict[str, object] | None = None
+    if isinstance(p.parsed, ProgramProposal):
+        parsed = {"program": p.parsed.code, "input": p.parsed.input}
+    elif isinstance(p.parsed, InductionProposal):
+        parsed = {"inputs": p.parsed.inputs, "message": p.parsed.message}
+    if isinstance(p.record, Triplet):
+        parsed = {**(parsed or {}), "output": p.record.output}
+    elif isinstance(p.record, InductionTask):
+        parsed = {**(parsed or {}), "program": p.record.snippet, "outputs": p.record.outputs}
+    return {
+        "step": step,
+        "task": p.task.value,
+        "role": "proposer",
+        **_response_fields(p),
+        "parsed": parsed,
+        "status": p.status,
+        "failure": p.failure,
+        "valid": p.valid,
+        "added_to_buffer": p.valid and p.solvable,
+        "solve_rate": p.solve_rate,
+        "reward": p.reward,
+        "advantage": p.advantage,
+    }
+
+
+def _solve_row(step: int, s: Solve) -> dict[str, object]:
+    r = s.record
+    expected = r.output if isinstance(r, Triplet) else r.hidden_outputs
+    return {
+        "step": step,
+        "task": s.task.value,
+        "role": "solver",
+        **_response_fields(s),
+        "parsed": s.answer,
+        "expected": expected,
+        "status": s.status,
+        "accuracy": s.accuracy,
+        "reward": s.reward,
+        "advantage": s.advantage,
+    }
 
 
 @dataclass
@@ -166,12 +243,14 @@ def program_validation_job(proposal: ProgramProposal, cfg: AZRConfig) -> Job:
 
 def induction_validation_job(program: str, proposal: InductionProposal, cfg: AZRConfig) -> Job:
     """A buffer program run on proposed inputs, without the ban check: the program came from a
-    validated buffer."""
+    validated buffer. The inputs must be literals: the hidden ones are graded as literals, so a
+    task with an expression input (``'a' * 100``) could never be solved."""
     return make_job(
         kind="validate",
         program=program,
         inputs=tuple(proposal.inputs),
         timeout_s=cfg.program_timeout_s,
+        literal_inputs=True,
     )
 
 
@@ -214,27 +293,49 @@ def sampling_params(cfg: AZRConfig) -> SamplingParams:
     )
 
 
+def prompt_seeds(seed: int, call: str, n: int) -> list[int]:
+    """One seed per prompt position of a generate call, each a hash of (step seed, call,
+    position): prompts draw independent random streams (one seed for all made sample ``j`` of
+    every prompt use the same stream, which couples similar prompts), and a resumed run, which
+    rebuilds the same prompts in the same order, replays them exactly."""
+    out = []
+    for i in range(n):
+        digest = hashlib.sha256(f"megatron-azr/rollout/{seed}/{call}/{i}".encode()).digest()
+        out.append(int.from_bytes(digest[:4], "big") >> 2)  # < 2**30: seed + j stays 31-bit
+    return out
+
+
 def generate_checked(
-    rollout: Generator, prompts: Sequence[str], sampling: SamplingParams
+    rollout: Generator,
+    prompts: Sequence[str],
+    sampling: SamplingParams,
+    seeds: Sequence[int] | None = None,
 ) -> list[list[Completion]]:
     """``sampling.n`` completions per prompt, from ``rollout.generate`` with its contract checked.
 
-    Under a seed, engines give sample ``j`` of every prompt the seed ``seed + j`` (as vLLM
-    does), so copies of one prompt in a call (solver batches topped up by repetition, induction
+    Under a seed, engines give sample ``j`` of a prompt the seed ``seed + j`` (as vLLM does),
+    so copies of one prompt in a call (solver batches topped up by repetition, induction
     programs drawn twice, a buffer holding only the identity seed) would all get the same
     completions. Each distinct prompt goes to the engine once instead, with ``n`` samples per
-    copy (one call per distinct number of copies), and the copies share out its samples.
+    copy (one call per distinct number of copies) and the seed of its first position, and the
+    copies share out its samples.
     """
     if not prompts:
         return []
-    if sampling.seed is None:
-        return _generate_checked(rollout, list(prompts), sampling)
+    if sampling.seed is None and seeds is None:
+        return _generate_checked(rollout, list(prompts), sampling, None)
     copies = Counter(prompts)  # in order of first appearance
+    first: dict[str, int] = {}
+    for i, p in enumerate(prompts):
+        first.setdefault(p, i)
     samples: dict[str, list[Completion]] = {}
     for m in sorted(set(copies.values())):
         distinct = [p for p, c in copies.items() if c == m]
         groups = _generate_checked(
-            rollout, distinct, dataclasses.replace(sampling, n=m * sampling.n)
+            rollout,
+            distinct,
+            dataclasses.replace(sampling, n=m * sampling.n),
+            None if seeds is None else [seeds[first[p]] for p in distinct],
         )
         samples.update(zip(distinct, groups, strict=True))
     taken: Counter[str] = Counter()
@@ -247,9 +348,9 @@ def generate_checked(
 
 
 def _generate_checked(
-    rollout: Generator, prompts: list[str], sampling: SamplingParams
+    rollout: Generator, prompts: list[str], sampling: SamplingParams, seeds: list[int] | None
 ) -> list[list[Completion]]:
-    out = rollout.generate(prompts, sampling)
+    out = rollout.generate(prompts, sampling, seeds)
     if len(out) != len(prompts) or any(len(group) != sampling.n for group in out):
         got = [len(group) for group in out]
         raise EngineContractError(
@@ -279,7 +380,9 @@ class SelfPlayStep:
 
     ``prompt_fits`` is the trainer's prompt-length filter (token count <= max prompt length);
     prompts it rejects are never sent: proposer prompts are redrawn, solver batches skip the task,
-    and a valid proposal whose solver prompt is too long gets solve rate 0 (as in the original).
+    and a valid proposal whose solver prompt is too long gets solve rate 0 (as in the original)
+    and stays out of the buffer (no solver could ever be shown it). ``wrap`` is the prompt
+    template (default: the paper's raw R1 template).
     """
 
     def __init__(
@@ -291,6 +394,7 @@ class SelfPlayStep:
         *,
         seed: int = 0,
         prompt_fits: Callable[[str], bool] | None = None,
+        wrap: Wrap = r1_wrap,
     ) -> None:
         self.cfg = cfg
         self.buffers = buffers
@@ -299,6 +403,7 @@ class SelfPlayStep:
         self.sampling = sampling_params(cfg)
         self.seed = seed
         self.prompt_fits = prompt_fits or (lambda _prompt: True)
+        self.wrap = wrap
         self.task_types = [t for t in TASK_ORDER if t.value in cfg.task_types]
 
     # ------------------------------------------------------------------------------- the step
@@ -330,13 +435,13 @@ class SelfPlayStep:
 
         # 2. Proposer and solver responses.
         prompts = [p.prompt for p in proposer_prompts] + [prompt for _, _, prompt in solver_tasks]
-        completions = [c[0] for c in self._generate(prompts, sampling, n=1)]
+        completions = [c[0] for c in self._generate(prompts, sampling, n=1, call="step")]
         proposals = [
-            Proposal(p.task, p.prompt, c, is_well_formatted(c.text))
+            Proposal(p.task, p.prompt, c, is_well_formatted(first_turn(c.text)))
             for p, c in zip(proposer_prompts, completions[: len(proposer_prompts)], strict=True)
         ]
         solves = [
-            Solve(t, record, prompt, c, is_well_formatted(c.text))
+            Solve(t, record, prompt, c, is_well_formatted(first_turn(c.text)))
             for (t, record, prompt), c in zip(
                 solver_tasks, completions[len(proposer_prompts) :], strict=True
             )
@@ -355,6 +460,7 @@ class SelfPlayStep:
             # As in the original, an induction answer without a code block is a format error.
             solve.well_formatted = job is not None
             if job is not None:
+                solve.status = results[job.id].status
                 solve.accuracy = self._accuracy(solve.task, results[job.id], solve.record)
             solve.reward = solver_reward(solve.well_formatted, solve.accuracy)
 
@@ -370,7 +476,7 @@ class SelfPlayStep:
         # 5. Grow the buffers, then TRR++ per (task, role) sub-batch.
         added = {t: 0 for t in TASK_ORDER}
         for t in self.task_types:
-            new = [p.record for p in proposals if p.task is t]
+            new = [p.record for p in proposals if p.task is t and p.solvable]
             if t is TaskType.INDUCTION:
                 induction = [r for r in new if isinstance(r, InductionTask)]
                 added[t] = self.buffers.induction.add(induction)
@@ -393,9 +499,8 @@ class SelfPlayStep:
             def draw() -> ProposerPrompt:
                 program = rng.choice(pool)
                 n = cfg.n_induction_inputs
-                return ProposerPrompt(
-                    task, proposer_prompt(task, program=program.snippet, n_inputs=n), program
-                )
+                prompt = proposer_prompt(task, program=program.snippet, n_inputs=n, wrap=self.wrap)
+                return ProposerPrompt(task, prompt, program)
 
         else:
             k = cfg.k_references if cfg.include_references else 0
@@ -407,6 +512,8 @@ class SelfPlayStep:
                     references=buffer.sample(k, rng),
                     banned=cfg.banned_imports,
                     timeout_s=cfg.program_timeout_s,
+                    empty_reference_section=cfg.empty_reference_section,
+                    wrap=self.wrap,
                 )
                 return ProposerPrompt(task, prompt)
 
@@ -426,7 +533,7 @@ class SelfPlayStep:
         prompts: dict[int, str] = {}
 
         def accept(entry: T) -> bool:
-            prompt = solver_prompt(buffer.task, entry, self.cfg.program_timeout_s)
+            prompt = self.solver_prompt(buffer.task, entry)
             prompts[id(entry)] = prompt
             return self.prompt_fits(prompt)
 
@@ -435,13 +542,16 @@ class SelfPlayStep:
         )
         return [(entry, prompts[id(entry)]) for entry in batch]
 
+    def solver_prompt(self, task: TaskType, record: Triplet | InductionTask) -> str:
+        return solver_prompt(task, record, self.cfg.program_timeout_s, self.wrap)
+
     # ------------------------------------------------------------------------------- proposals
 
     def _validation_job(self, proposal: Proposal, pp: ProposerPrompt) -> Job | None:
         """The executor job that validates a proposal, or None (failure recorded) if it does not
         even parse."""
         cfg = self.cfg
-        text = proposal.completion.text
+        text = proposal.text
         if proposal.task is TaskType.INDUCTION:
             assert pp.program is not None
             parsed_inputs = parse_induction_proposal(text, cfg.n_induction_inputs)
@@ -466,6 +576,7 @@ class SelfPlayStep:
     ) -> None:
         """Turn a validated proposal into a task record; ANY non-ok status makes it invalid (the
         original let statuses without the word "error" through, spec §5.2 item 3)."""
+        proposal.status = result.status
         if result.status != "ok":
             proposal.failure = f"exec_{result.status}"
             return
@@ -477,7 +588,7 @@ class SelfPlayStep:
             assert pp.program is not None
             proposal.record = induction_record(pp.program, parsed, result.outputs, step=step)
         elif isinstance(parsed, ProgramProposal):
-            thought = extract_thought(proposal.completion.text)
+            thought = extract_thought(proposal.text)
             proposal.record = program_record(parsed, result.outputs[0], step=step, thought=thought)
 
     def _estimate_solve_rates(self, valid: list[Proposal], sampling: SamplingParams) -> None:
@@ -487,14 +598,17 @@ class SelfPlayStep:
         probes: list[tuple[Proposal, str]] = []
         for p in valid:
             assert p.record is not None
-            prompt = solver_prompt(p.task, p.record, self.cfg.program_timeout_s)
+            prompt = self.solver_prompt(p.task, p.record)
             if self.prompt_fits(prompt):
                 probes.append((p, prompt))
             else:
-                p.solve_rate = 0.0
-        groups = self._generate([prompt for _, prompt in probes], sampling, n=n)
+                p.solve_rate, p.solvable = 0.0, False
+        groups = self._generate([prompt for _, prompt in probes], sampling, n=n, call="probe")
         jobs = [
-            [self._check_job(p.task, p.record, extract_solver_answer(p.task, c.text)) for c in cs]
+            [
+                self._check_job(p.task, p.record, extract_solver_answer(p.task, first_turn(c.text)))
+                for c in cs
+            ]
             for (p, _), cs in zip(probes, groups, strict=True)
         ]
         results = self._execute([j for group in jobs for j in group if j is not None])
@@ -514,9 +628,8 @@ class SelfPlayStep:
         broken or there is no answer to run."""
         if not solve.well_formatted:
             return None
-        return self._check_job(
-            solve.task, solve.record, extract_solver_answer(solve.task, solve.completion.text)
-        )
+        solve.answer = extract_solver_answer(solve.task, solve.text)
+        return self._check_job(solve.task, solve.record, solve.answer)
 
     def _check_job(
         self, task: TaskType, record: Triplet | InductionTask | None, answer: str | None
@@ -557,9 +670,10 @@ class SelfPlayStep:
     # ------------------------------------------------------------------------------- engines
 
     def _generate(
-        self, prompts: Sequence[str], sampling: SamplingParams, n: int
+        self, prompts: Sequence[str], sampling: SamplingParams, n: int, call: str
     ) -> list[list[Completion]]:
-        return generate_checked(self.rollout, prompts, dataclasses.replace(sampling, n=n))
+        seeds = None if sampling.seed is None else prompt_seeds(sampling.seed, call, len(prompts))
+        return generate_checked(self.rollout, prompts, dataclasses.replace(sampling, n=n), seeds)
 
     def _execute(self, jobs: Sequence[Job]) -> dict[str, ExecResult]:
         return execute_checked(self.executor, jobs)
@@ -637,8 +751,10 @@ class SelfPlayStep:
             m[f"{t}/solve/format_rate"] = mean([float(s.well_formatted) for s in ss])
             m[f"{t}/solve/reward_mean"] = mean([s.reward for s in ss])
             m[f"{t}/solve/response_len_mean"] = mean([len(s.completion.token_ids) for s in ss])
+            unsolvable = sum(not p.solvable for p in valid)
+            m[f"{t}/propose/solver_prompt_too_long"] = unsolvable / len(ps) if ps else 0.0
             m[f"{t}/buffer/added"] = added[t]
-            m[f"{t}/buffer/dropped"] = len(valid) - added[t]
+            m[f"{t}/buffer/dropped"] = len(valid) - unsolvable - added[t]  # by the cap
             m[f"{t}/buffer/size"] = sizes[t]
             m[f"{t}/buffer/size_before"] = sizes_before[t]
         return m

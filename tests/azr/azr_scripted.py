@@ -15,6 +15,7 @@ from typing import Any
 
 from megatron_azr.azr.parsing import fences
 from megatron_azr.azr.protocols import Completion, ExecResult, Job, SamplingParams
+from megatron_azr.executor.runtime import literals
 from megatron_azr.executor.runtime.harness import find_banned_imports
 
 
@@ -32,9 +33,13 @@ class ScriptedRollout:
     def __init__(self, respond: Callable[[str, int], str]) -> None:
         self.respond = respond
         self.calls: list[tuple[list[str], SamplingParams]] = []
+        self.seeds: list[list[int] | None] = []
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: Sequence[str], sampling: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
         self.calls.append((list(prompts), sampling))
+        self.seeds.append(None if seeds is None else list(seeds))
         return [[completion(self.respond(p, i), p) for i in range(sampling.n)] for p in prompts]
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
@@ -88,30 +93,41 @@ class InProcessExecutor:
                         return ExecResult(job.id, "error", error_type="NonDeterministic")
                     outputs.append(repr(first))
                 return ExecResult(job.id, "ok", outputs=outputs)
+            # Answers, gold outputs and hidden inputs are literals, evaluated without the
+            # program, as the real executor does (deduction runs no program at all).
+            scope = literals.Scope(lambda: job.imports)
             if job.kind == "deduction":
-                ns = _namespace(job.program, job.imports)
-                return ExecResult(
-                    job.id, "ok", matches=[self._eq(job.prediction, job.expected[0], ns)]
+                match = self._same(
+                    job.expected[0], lambda: literals.evaluate(job.prediction, scope), scope
                 )
-            if job.kind == "abduction":
-                ns = _namespace(job.program, job.imports)
-                return ExecResult(
-                    job.id, "ok", matches=[self._eq(f"f({job.prediction})", job.expected[0], ns)]
+                return ExecResult(job.id, "ok", matches=[match])
+            if job.kind in ("abduction", "induction"):
+                ns = _namespace(
+                    job.prediction if job.kind == "induction" else job.program, job.imports
                 )
-            if job.kind == "induction":
-                ns = _namespace(job.prediction, job.imports)
-                pairs = zip(job.inputs, job.expected, strict=True)
-                return ExecResult(
-                    job.id, "ok", matches=[self._eq(f"f({i})", o, ns) for i, o in pairs]
+                pairs = (
+                    [(job.prediction, job.expected[0])]
+                    if job.kind == "abduction"
+                    else zip(job.inputs, job.expected, strict=True)
                 )
+                matches = [
+                    self._same(gold, lambda a=args: self._call(ns, a, scope), scope)
+                    for args, gold in pairs
+                ]
+                return ExecResult(job.id, "ok", matches=matches)
         except Exception as e:
             return ExecResult(job.id, "error", error_type=type(e).__name__)
         raise AssertionError(f"unexpected job kind {job.kind}")
 
     @staticmethod
-    def _eq(lhs: str, rhs: str, ns: dict[str, Any]) -> bool:
+    def _call(ns: dict[str, Any], args: str, scope: literals.Scope) -> Any:
+        positional, keywords = literals.arguments(args, scope)
+        return ns["f"](*positional, **keywords)
+
+    @staticmethod
+    def _same(gold: str, value: Callable[[], Any], scope: literals.Scope) -> bool:
         try:
-            return bool(eval(lhs, dict(ns)) == eval(rhs, dict(ns)))
+            return bool(literals.evaluate(gold, scope) == value())
         except Exception:
             return False
 

@@ -2,6 +2,7 @@ from megatron_azr.azr.config import ORIGINAL_BANNED
 from megatron_azr.azr.parsing import fences
 from megatron_azr.azr.prompts import (
     INDUCTION_SUFFIX,
+    program_proposer_body,
     proposer_prompt,
     solver_prompt,
 )
@@ -38,8 +39,18 @@ def test_program_proposers_show_references_and_banned_list():
     assert "find any input" in abd
 
 
-def test_no_references_ablation_has_no_reference_section():
-    p = user(proposer_prompt(DED, references=[], banned=["os"]))
+def test_no_references_ablation_keeps_an_empty_reference_section_by_default():
+    # Paper Table 2's "w/o references" row ran the full prompt with nothing under the header.
+    p = program_proposer_body(DED, [], ["os"])
+    assert p.rstrip().endswith("### Reference Code Snippets:") and "<snippet_" not in p
+    assert "different from the reference snippets" in p
+    with_refs = program_proposer_body(DED, [TRI], ["os"])
+    head = "### Reference Code Snippets:"
+    assert p.rstrip() == with_refs.split(head)[0] + head
+
+
+def test_no_references_without_the_section():
+    p = user(proposer_prompt(DED, references=[], banned=["os"], empty_reference_section=False))
     assert "Reference" not in p and "<snippet_" not in p and "reference" not in p
 
 

@@ -1,5 +1,7 @@
 """The self-play step driven by a scripted policy and an in-process grader (see azr_scripted)."""
 
+import itertools
+import random
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -301,6 +303,10 @@ def test_prompt_length_filter():
     ded = by_task(result.proposals, DED)
     assert ded[3].valid and ded[3].solve_rate == 0.0 and ded[3].reward == -0.5
     assert [s.record.snippet for s in by_task(result.solves, ABD)] == [IDENTITY] * 4
+    # ... and no solver could ever be shown it, so it stays out of the buffer.
+    assert not ded[3].solvable and ded[0].solvable
+    assert [t.input for t in step.buffers.deduction if t.step == 1] == ["[1, 2]"]
+    assert result.metrics["deduction/buffer/added"] == 1
 
 
 def test_induction_accuracy_reward():
@@ -350,8 +356,8 @@ def test_empty_buffers_do_not_crash():
 
 
 class ShortRollout(ScriptedRollout):
-    def generate(self, prompts, sampling):
-        return super().generate(prompts, sampling)[:-1]
+    def generate(self, prompts, sampling, seeds=None):
+        return super().generate(prompts, sampling, seeds)[:-1]
 
 
 class WrongIdExecutor(InProcessExecutor):
@@ -377,15 +383,108 @@ def test_job_ids_are_content_hashes():
 
 
 class SeededRollout:
-    """Sample ``j`` of every prompt gets the seed ``seed + j``, as the real engines do."""
+    """Sample ``j`` of prompt ``i`` gets the seed ``seeds[i] + j`` (or ``sampling.seed + j``
+    without per-prompt seeds), as the real engines do."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[str], int]] = []
 
-    def generate(self, prompts, sampling):
+    def generate(self, prompts, sampling, seeds=None):
         self.calls.append((list(prompts), sampling.n))
-        seed = sampling.seed if sampling.seed is not None else 0
-        return [[completion(f"{p}@{seed + j}") for j in range(sampling.n)] for p in prompts]
+        if seeds is None:
+            seeds = [sampling.seed if sampling.seed is not None else 0] * len(prompts)
+        return [
+            [completion(f"{p}@{seed + j}") for j in range(sampling.n)]
+            for p, seed in zip(prompts, seeds, strict=True)
+        ]
+
+
+class CategoricalRollout:
+    """Samples one token per sample from ``probs`` by inverse CDF of ``Random(seed).random()``,
+    the way an engine turns its seeded uniform stream into a token: equal seeds, equal tokens."""
+
+    def __init__(self, probs: list[float]) -> None:
+        self.probs = probs
+
+    def _draw(self, seed: int) -> str:
+        u, acc = random.Random(seed).random(), 0.0
+        for k, p in enumerate(self.probs):
+            acc += p
+            if u < acc:
+                return str(k)
+        return str(len(self.probs) - 1)
+
+    def generate(self, prompts, sampling, seeds=None):
+        if seeds is None:
+            seeds = [sampling.seed] * len(prompts)
+        return [[completion(self._draw(s + j)) for j in range(sampling.n)] for s in seeds]
+
+
+def test_prompts_of_a_step_sample_independently():
+    """Different prompts with the same next-token distribution: under one seed per call they
+    drew identical tokens (the coupling seen on a real model); with per-prompt seeds the rate
+    at which neighbours agree is the independent rate sum(p^2) within a binomial bound."""
+    from megatron_azr.azr.protocols import SamplingParams
+    from megatron_azr.azr.selfplay import generate_checked, prompt_seeds
+
+    probs = [0.5, 0.3, 0.2]
+    rollout = CategoricalRollout(probs)
+    prompts = [f"prompt {i}" for i in range(400)]
+    sampling = SamplingParams(n=1, seed=77)
+
+    def agreement(seeds):
+        out = [g[0].text for g in generate_checked(rollout, prompts, sampling, seeds)]
+        return sum(a == b for a, b in itertools.pairwise(out)) / (len(out) - 1)
+
+    assert agreement(None) == 1.0  # the bug: one stream for every prompt
+    expected = sum(p * p for p in probs)
+    bound = 4 * (expected * (1 - expected) / (len(prompts) - 1)) ** 0.5
+    seeds = prompt_seeds(77, "step", len(prompts))
+    assert abs(agreement(seeds) - expected) < bound
+    # Distinct streams, also across the step's two calls, and the same on a replay.
+    assert len(set(seeds) | set(prompt_seeds(77, "probe", len(prompts)))) == 2 * len(prompts)
+    assert seeds == prompt_seeds(77, "step", len(prompts)) != prompt_seeds(78, "step", 400)
+
+
+def test_self_play_sends_per_prompt_seeds():
+    step, rollout, _ = make_step()
+    step.run(1, rollout_seed=5)
+    main, probe = rollout.seeds[0], rollout.seeds[1]
+    assert main is not None and probe is not None
+    assert len(set(main)) == len(main) and not set(main) & set(probe)
+    again, rollout2, _ = make_step()
+    again.run(1, rollout_seed=5)
+    assert rollout2.seeds[:2] == [main, probe]  # a resumed run replays the same seeds
+    unseeded, rollout3, _ = make_step()
+    unseeded.run(1)
+    assert rollout3.seeds[0] is None
+
+
+def test_a_second_dialogue_turn_is_cut_before_parsing():
+    """A model that writes the dialogue on (``User: ...``, ``Assistant: ...``) is judged on its
+    first turn: a right answer in a later turn earns nothing, a right first turn counts."""
+    cfg = AZRConfig(batch_size=2, n_learnability_samples=1, task_types=["deduction"])
+    later = (
+        "ponder\nUser: and?\nAssistant: <think>x</think> <answer>"
+        + fence("output", "'Hello world'")
+        + "</answer>"
+    )
+    first = (
+        answer(fence("output", "'Hello world'")) + "\nUser: thanks\nAssistant: <answer>x</answer>"
+    )
+    replies = iter([later, first])
+
+    def respond(prompt: str, i: int) -> str:
+        if prompt_kind(prompt).startswith("propose"):
+            return "no"
+        return next(replies)
+
+    buffers = Buffers.from_seeds([Triplet(IDENTITY, '"Hello world"', "'Hello world'")], [], 10)
+    result = SelfPlayStep(cfg, buffers, ScriptedRollout(respond), InProcessExecutor()).run(1)
+    solves = by_task(result.solves, DED)
+    assert [s.well_formatted for s in solves] == [False, True]
+    assert [s.reward for s in solves] == [-1.0, 1.0]
+    assert solves[1].answer == "'Hello world'" and solves[1].status == "ok"
 
 
 def test_copies_of_a_prompt_get_distinct_samples_under_a_seed():
