@@ -107,9 +107,11 @@ class Job:
                  inputs, literals) to the matching ``expected`` (``imports`` of the gold program
                  prepended)? ``program`` is the gold program, carried for the record only.
 
-    A ``run``/``validate`` input is evaluated in the program's scope (``f(<input>)``); every
-    other text that becomes a value is a literal, so no answer can call the program or build an
-    object with a custom ``__eq__``.
+    A ``run``/``validate`` input is evaluated in the program's scope (``f(<input>)``) unless
+    ``literal_inputs``, which makes validation also require literal arguments (an induction
+    task's inputs become hidden inputs, graded as literals); every other text that becomes a
+    value is a literal, so no answer can call the program or build an object with a custom
+    ``__eq__``.
     """
 
     id: str
@@ -121,6 +123,7 @@ class Job:
     imports: tuple[str, ...] = ()
     banned_imports: tuple[str, ...] = ()
     timeout_s: float = 10.0
+    literal_inputs: bool = False
 
 
 @dataclass

@@ -154,6 +154,7 @@ class SandboxExecutor:
             "imports": list(job.imports),
             "banned": list(job.banned_imports),
             "round_trip": self.cfg.validate_round_trip,
+            "literal_inputs": job.literal_inputs,
             "timeout": job.timeout_s,
             "n_items": n_items,
         }

@@ -150,3 +150,18 @@ def test_validation_reads_outputs_back_as_a_solver_would(clean):
     jobs = [Job(str(i), "validate", p, ("1",)) for i, p in enumerate(cases)]
     verdicts = [(r.status, r.error_type) for r in clean.run(jobs)]
     assert verdicts == list(cases.values())
+
+
+def test_induction_validation_requires_literal_inputs(clean):
+    """An induction task's inputs become hidden inputs, graded as literals: an expression input
+    would make a task no solver can pass, so validation with ``literal_inputs`` refuses it."""
+    program = "def f(s):\n    return len(s)"
+    jobs = [
+        Job("expr", "validate", program, ("'a' * 100",), literal_inputs=True),
+        Job("lit", "validate", program, ("'aaa'", "[1, 2]"), literal_inputs=True),
+        Job("plain", "validate", program, ("'a' * 100",)),  # a deduction input may compute
+    ]
+    r = graded(clean, jobs)
+    assert (r["expr"].status, r["expr"].error_type) == ("invalid", "NotLiteral")
+    assert (r["lit"].status, r["lit"].outputs) == ("ok", ["3", "2"])
+    assert (r["plain"].status, r["plain"].outputs) == ("ok", ["100"])

@@ -344,6 +344,11 @@ def _run_item(
         call_args = _stage(stage, lambda: literals.arguments(args or "", scope))
         ns = _stage("program", lambda: _fresh_namespace(program))
         return _verdict(gold, _stage("call", lambda: _call_f(ns, *call_args)))
+    if task.get("literal_inputs"):
+        try:
+            literals.arguments(args or "", scope)
+        except BaseException as e:
+            raise _Failure("input", Invalid("NotLiteral", _message("input", e))) from None
     ns = _stage("program", lambda: _fresh_namespace(program))
     call = _stage("input", lambda: _compile(_call_source(args or ""), "<input>", "eval"))
     value = _stage("call", lambda: _eval(call, ns))
