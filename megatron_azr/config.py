@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from megatron_azr.telemetry.config import LoggingConfig
 from megatron_azr.train.config import ActorConfig, ParallelConfig
 
 T = TypeVar("T")
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 # Config keys that name files or directories read by a run (see the module docstring).
 DATA_PATHS = ("model.path", "azr.seed_io_path", "azr.seed_induction_path")
@@ -146,6 +148,9 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
             fail()
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; people write lr=1e-4.
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail()
         return float(value)

@@ -102,6 +102,11 @@ def test_overrides_are_typed(tmp_path):
     assert cfg.run.name == "abl"
     cfg = load_config(TINY, ["azr.task_types=[deduction]"])
     assert cfg.azr.task_types == ["deduction"]
+    # YAML 1.1 reads 1e-4 (no dot) as a string; a float field still takes it.
+    cfg = load_config(TINY, ["actor.lr=1e-4", "actor.adam_eps=-2.5E-3"])
+    assert cfg.actor.lr == 1e-4 and cfg.actor.adam_eps == -2.5e-3
+    with pytest.raises(ConfigError, match=r"actor\.lr"):
+        load_config(TINY, ["actor.lr=1e-4x"])
 
 
 def test_unknown_key_in_file_names_key_and_file(tmp_path):
