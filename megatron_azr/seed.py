@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from megatron_azr.azr.buffers import load_records
+from megatron_azr.azr.prompts import Wrap, prompt_wrap, r1_wrap
 from megatron_azr.azr.protocols import Executor, Generator, TaskType
 from megatron_azr.azr.seeding import Seeder, save_seed_file
 from megatron_azr.azr.tasks import InductionTask, Triplet, identity_triplet
@@ -49,6 +50,7 @@ def ensure_seed_files(
     executor: Executor,
     prompt_fits: Callable[[str], bool],
     *,
+    wrap: Wrap = r1_wrap,
     out_dir: str | Path | None = None,
 ) -> list[Path]:
     """Generate the seed files of :func:`seed_paths` that do not exist; returns those written.
@@ -66,7 +68,7 @@ def ensure_seed_files(
         return []
 
     azr = cfg.azr
-    seeder = Seeder(azr, generator, executor, seed=cfg.run.seed, prompt_fits=prompt_fits)
+    seeder = Seeder(azr, generator, executor, seed=cfg.run.seed, prompt_fits=prompt_fits, wrap=wrap)
     written: list[Path] = []
     triplets: list[Triplet]
     if io_path is not None and missing[0]:
@@ -131,6 +133,7 @@ def seed(cfg: Config, out_dir: str | Path | None = None) -> list[Path]:
             engine,
             executor,
             lambda p: len(tokenizer(p).input_ids) <= cfg.azr.max_prompt_tokens,
+            wrap=prompt_wrap(cfg.azr.prompt_template, tokenizer),
             out_dir=out_dir,
         )
 

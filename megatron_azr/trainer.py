@@ -19,7 +19,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from megatron_azr import atomic
 from megatron_azr.azr.buffers import Buffers
+from megatron_azr.azr.prompts import prompt_wrap
 from megatron_azr.azr.protocols import (
     Completion,
     ExecResult,
@@ -44,9 +45,12 @@ from megatron_azr.rollout.build import build_rollout_engine
 from megatron_azr.rollout.config import RolloutConfig
 from megatron_azr.rollout.reshard import push_weights
 from megatron_azr.rollout.transport import keep_freed_host_memory
+from megatron_azr.seed import ensure_seed_files
 from megatron_azr.telemetry.logs import setup_logging
 from megatron_azr.telemetry.metrics import MetricsLogger
+from megatron_azr.telemetry.rollouts import dump_rollouts, summary
 from megatron_azr.train.actor import Actor
+from megatron_azr.train.config import Precision
 from megatron_azr.train.dist import broadcast_object
 
 logger = logging.getLogger(__name__)
@@ -55,9 +59,14 @@ STATE_FILE = "trainer_state.json"
 LATEST = "latest"
 
 
-def train(cfg: Config) -> dict[str, float]:
+# (rollout config, model directory, the actor's precision) -> engine
+EngineBuilder = Callable[[RolloutConfig, Path, Precision], RolloutEngine]
+
+
+def train(cfg: Config, build_engine: EngineBuilder = build_rollout_engine) -> dict[str, float]:
     """Run ``cfg.run.steps`` self-play steps (resuming from the latest checkpoint in
-    ``cfg.run.output_dir`` if there is one); returns the last step's metrics."""
+    ``cfg.run.output_dir`` if there is one); returns the last step's metrics.
+    ``build_engine`` makes the rollout engine from its config and model directory."""
     from megatron_azr.train.dist import init_process_group
 
     out = Path(cfg.run.output_dir)
@@ -68,20 +77,23 @@ def train(cfg: Config) -> dict[str, float]:
     setup_logging(cfg.logging.level, out / "logs" / f"rank{rank}.log", rank=rank)
     leader = rank == 0
 
+    resume = latest_checkpoint(out)
+    done = finished_step(resume)
+    if done is not None and done >= cfg.run.steps:
+        return report_finished(out, done, cfg.run.steps, leader)
+
     # The actor, then everything a resumed run restores: weights, optimizer, buffers, step (a
     # resumed run never reads model.path: the checkpoint overwrites every weight).
-    resume = latest_checkpoint(out)
     init_from = (cfg.model.path or None) if resume is None else None
     actor = Actor(cfg.model.arch, cfg.parallel, cfg.actor, init_from=init_from)
+    start, buffers = 0, None
     if resume is not None:
         start, buffers = load_checkpoint(actor, resume, cfg)
         logger.info("resumed from %s at step %d", resume, start)
-    else:
-        start, buffers = 0, Buffers.from_config(cfg.azr)
 
     with ExitStack() as stack:
         model_dir = rollout_model_dir(actor, out / "rollout_model")
-        engine = make_rollout(cfg, model_dir)
+        engine = make_rollout(cfg, model_dir, build_engine)
         executor = make_executor(cfg, stack)
         tokenizer = load_tokenizer(model_dir)
         metrics_log = (
@@ -95,13 +107,18 @@ def train(cfg: Config) -> dict[str, float]:
         engine.push_weights(actor)
         _release_cached_memory()
 
+        def fits(prompt: str) -> bool:
+            return len(tokenizer(prompt).input_ids) <= cfg.azr.max_prompt_tokens
+
+        wrap = prompt_wrap(cfg.azr.prompt_template, tokenizer)
+        if buffers is None:
+            # A fresh run whose seed files are absent has the model write them (spec §3).
+            engine.wake_up()
+            ensure_seed_files(cfg, engine, executor, fits, wrap=wrap)
+            engine.sleep()
+            buffers = Buffers.from_config(cfg.azr)
         selfplay = SelfPlayStep(
-            cfg.azr,
-            buffers,
-            engine,
-            executor,
-            seed=cfg.run.seed,
-            prompt_fits=lambda p: len(tokenizer(p).input_ids) <= cfg.azr.max_prompt_tokens,
+            cfg.azr, buffers, engine, executor, seed=cfg.run.seed, prompt_fits=fits, wrap=wrap
         )
 
         metrics: dict[str, float] = {}
@@ -133,17 +150,46 @@ def train(cfg: Config) -> dict[str, float]:
             }
             if metrics_log is not None and step % cfg.logging.log_every == 0:
                 metrics_log.log(step, metrics)
+            if leader and cfg.logging.rollout_dump:
+                rows = result.rows()
+                dump_rollouts(out, step, rows, cfg.logging.rollout_dump_rate, cfg.run.seed)
             logger.info("step %d: %s", step, _summary(metrics))
             if step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:
                 save_checkpoint(actor, buffers, step, out, cfg.run.keep_checkpoints)
+    if leader and metrics:
+        print(summary(out, cfg.run.steps, metrics), flush=True)
     return metrics
+
+
+def finished_step(checkpoint: Path | None) -> int | None:
+    if checkpoint is None:
+        return None
+    return int(json.loads((checkpoint / STATE_FILE).read_text())["step"])
+
+
+def report_finished(out: Path, done: int, steps: int, leader: bool) -> dict[str, float]:
+    """A rerun of a finished run: say so (and show its last step) instead of loading a model
+    to do nothing."""
+    rows = (out / "metrics.jsonl").read_text().splitlines() if leader else []
+    last: dict[str, float] = json.loads(rows[-1]) if rows else {}
+    if leader:
+        print(
+            f"azr train: {out} is finished (checkpoint at step {done}, run.steps={steps}): "
+            "nothing to do. Raise run.steps to continue it, or choose another run.output_dir.",
+            flush=True,
+        )
+        if last:
+            print(summary(out, int(last["step"]), last), flush=True)
+    return last
 
 
 # ---------------------------------------------------------------------------------------------
 # Engines, placed on ranks
 
 
-def make_rollout(cfg: Config, model_dir: Path) -> LeaderRollout | ReplicatedRollout:
+def make_rollout(
+    cfg: Config, model_dir: Path, build: EngineBuilder = build_rollout_engine
+) -> LeaderRollout | ReplicatedRollout:
     rollout_cfg = dataclasses.replace(cfg.rollout, load_format="dummy")
     # rollout.dtype=auto computes in the actor's precision: the engine's log-probs enter the loss.
     precision = cfg.actor.precision
@@ -154,10 +200,8 @@ def make_rollout(cfg: Config, model_dir: Path) -> LeaderRollout | ReplicatedRoll
                 f"rollout.tensor_parallel_size={size} does not divide the world size "
                 f"{dist.get_world_size()}"
             )
-        return ReplicatedRollout(
-            build_rollout_engine(rollout_cfg, model_dir, precision), rollout_cfg
-        )
-    engine = build_rollout_engine(rollout_cfg, model_dir, precision) if _is_leader() else None
+        return ReplicatedRollout(build(rollout_cfg, model_dir, precision), rollout_cfg)
+    engine = build(rollout_cfg, model_dir, precision) if _is_leader() else None
     return LeaderRollout(engine, rollout_cfg)
 
 
@@ -174,8 +218,10 @@ class LeaderRollout:
     def __init__(self, engine: RolloutEngine | None, cfg: RolloutConfig) -> None:
         self.engine, self.cfg = engine, cfg
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[list[Completion]]:
-        out = self.engine.generate(prompts, sampling) if self.engine is not None else None
+    def generate(
+        self, prompts: Sequence[str], sampling: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        out = self.engine.generate(prompts, sampling, seeds) if self.engine is not None else None
         return broadcast_object(out)
 
     def push_weights(self, actor: Actor) -> None:
@@ -205,9 +251,12 @@ class ReplicatedRollout:
         self.replicas = dist.get_world_size() // self.size
         self.index = dist.get_rank() // self.size
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: Sequence[str], sampling: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
         mine = list(prompts[self.index :: self.replicas])
-        out = self.engine.generate(mine, sampling) if mine else []
+        my_seeds = None if seeds is None else list(seeds[self.index :: self.replicas])
+        out = self.engine.generate(mine, sampling, my_seeds) if mine else []
         if self.replicas == 1 and self.size == 1:
             return out
         gathered: list[Any] = [None] * dist.get_world_size()

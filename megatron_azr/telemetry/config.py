@@ -13,7 +13,13 @@ class LoggingConfig:
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "megatron-azr"
     log_every: int = 1
+    # Every proposer and solver response of a step, parsed and graded, as JSONL under
+    # <run>/rollouts/ (telemetry/rollouts.py); big runs keep a share of the lines.
+    rollout_dump: bool = True
+    rollout_dump_rate: float = 1.0
 
     def __post_init__(self) -> None:
         if self.log_every < 1:
             raise ValueError("log_every must be >= 1")
+        if not 0.0 < self.rollout_dump_rate <= 1.0:
+            raise ValueError("rollout_dump_rate must be in (0, 1]")

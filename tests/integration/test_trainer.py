@@ -32,9 +32,10 @@ def buffers(out: Path, step: int) -> dict[str, str]:
 
 def test_train_checkpoints_and_resumes_exactly(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    azr_train(straight, "run.steps=3")
+    first = azr_train(straight, "run.steps=3")
     azr_train(resumed, "run.steps=2")
     azr_train(resumed, "run.steps=3")  # picks up checkpoints/latest = step 2
+    again = azr_train(resumed, "run.steps=3")  # finished: says so, loads no model
 
     rows = metrics(straight)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -50,6 +51,18 @@ def test_train_checkpoints_and_resumes_exactly(tmp_path):
     assert state == {"step": 3, "actor_steps": 3}
     log = (resumed / "logs" / "rank0.log").read_text()
     assert "resumed from" in log and "[rank 0]" in log
+
+    # Every response of a step is in its rollout dump, the same on a replay.
+    dump = straight / "rollouts" / "step_00000003.jsonl"
+    lines = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert len(lines) == 12 and {d["role"] for d in lines} == {"proposer", "solver"}
+    assert all(d["reward"] == -1.0 and d["failure"] for d in lines if d["role"] == "proposer")
+    assert (resumed / "rollouts" / "step_00000003.jsonl").read_text() == dump.read_text()
+    # The end of a run: where it is and how it went; a rerun of a finished run says so.
+    assert f"run directory: {straight}" in first.stdout and str(dump) in first.stdout
+    assert "deduction" in first.stdout.split("step 3:")[1]
+    assert "is finished (checkpoint at step 3, run.steps=3)" in again.stdout
+    assert "resumed from" not in again.stderr and len(metrics(resumed)) == 3
 
 
 @pytest.mark.parametrize(
