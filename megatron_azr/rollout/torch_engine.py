@@ -1,9 +1,11 @@
 """A small rollout engine around an HF transformers causal LM on CPU.
 
-For unit tests and the tiny CPU trainer: batched decoding with a KV cache, vLLM's sampling
-semantics (``megatron_azr.rollout.sampling``), per-token log-probs. Each prompt is prefilled
-once and its KV cache is then copied to its ``n`` samples. ``sleep``/``wake_up`` are no-ops:
-the model lives in host memory, which the actor does not compete for.
+For unit tests and small CPU runs: vLLM's sampling semantics (``megatron_azr.rollout.sampling``)
+and per-token log-probs. The prompts of a call (``max_num_seqs // n`` at a time) are prefilled
+together, left-padded under an attention mask; each prompt's KV cache is then copied to its
+``n`` samples, and every row decodes in one batch, leaving it when it finishes. Each row samples
+from its own seeded generator, so batching never changes a seeded sample. ``sleep``/``wake_up``
+are no-ops: the model lives in host memory, which the actor does not compete for.
 """
 
 from __future__ import annotations
