@@ -111,7 +111,7 @@ class Seeder:
 
     def _texts(self, prompts: list[str]) -> list[str]:
         self.calls += 1
-        seeds = prompt_seeds(self.seed, f"seeding/{self.calls}", len(prompts))
+        seeds = prompt_seeds(self.seed, self.calls, len(prompts))
         groups = generate_checked(self.rollout, prompts, self.sampling, seeds)
         return [first_turn(group[0].text) for group in groups]
 

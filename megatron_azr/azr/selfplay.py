@@ -293,16 +293,23 @@ def sampling_params(cfg: AZRConfig) -> SamplingParams:
     )
 
 
-def prompt_seeds(seed: int, call: str, n: int) -> list[int]:
-    """One seed per prompt position of a generate call, each a hash of (step seed, call,
-    position): prompts draw independent random streams (one seed for all made sample ``j`` of
-    every prompt use the same stream, which couples similar prompts), and a resumed run, which
-    rebuilds the same prompts in the same order, replays them exactly."""
-    out = []
-    for i in range(n):
-        digest = hashlib.sha256(f"megatron-azr/rollout/{seed}/{call}/{i}".encode()).digest()
-        out.append(int.from_bytes(digest[:4], "big") >> 2)  # < 2**30: seed + j stays 31-bit
-    return out
+# Per-prompt seeds lie on a grid: a call's block holds SEED_STRIDE prompts, each with room for
+# SEED_STRIDE samples (seed + j), so no two prompts of a step ever share a random stream.
+SEED_STRIDE = 4096
+
+
+def prompt_seeds(seed: int, call: int, n: int) -> list[int]:
+    """One seed per prompt position of generate call number ``call`` under ``seed`` (a step's):
+    prompts draw independent random streams (one seed for all made sample ``j`` of every prompt
+    use the same stream, which couples similar prompts), and a resumed run, which rebuilds the
+    same prompts in the same order, replays them exactly. Sample ``j`` of prompt ``i`` draws
+    from ``seeds[i] + j``: the grid keeps those disjoint for up to ``SEED_STRIDE`` prompts per
+    call and samples per prompt; the base is a hash of ``seed``."""
+    if n > SEED_STRIDE:
+        raise ValueError(f"{n} prompts in one generate call: at most {SEED_STRIDE} are seeded")
+    digest = hashlib.sha256(f"megatron-azr/rollout/{seed}".encode()).digest()
+    base = int.from_bytes(digest[:4], "big") + call * SEED_STRIDE * SEED_STRIDE
+    return [base + i * SEED_STRIDE for i in range(n)]
 
 
 def generate_checked(
@@ -435,7 +442,7 @@ class SelfPlayStep:
 
         # 2. Proposer and solver responses.
         prompts = [p.prompt for p in proposer_prompts] + [prompt for _, _, prompt in solver_tasks]
-        completions = [c[0] for c in self._generate(prompts, sampling, n=1, call="step")]
+        completions = [c[0] for c in self._generate(prompts, sampling, n=1, call=0)]
         proposals = [
             Proposal(p.task, p.prompt, c, is_well_formatted(first_turn(c.text)))
             for p, c in zip(proposer_prompts, completions[: len(proposer_prompts)], strict=True)
@@ -603,7 +610,7 @@ class SelfPlayStep:
                 probes.append((p, prompt))
             else:
                 p.solve_rate, p.solvable = 0.0, False
-        groups = self._generate([prompt for _, prompt in probes], sampling, n=n, call="probe")
+        groups = self._generate([prompt for _, prompt in probes], sampling, n=n, call=1)
         jobs = [
             [
                 self._check_job(p.task, p.record, extract_solver_answer(p.task, first_turn(c.text)))
@@ -670,7 +677,7 @@ class SelfPlayStep:
     # ------------------------------------------------------------------------------- engines
 
     def _generate(
-        self, prompts: Sequence[str], sampling: SamplingParams, n: int, call: str
+        self, prompts: Sequence[str], sampling: SamplingParams, n: int, call: int
     ) -> list[list[Completion]]:
         seeds = None if sampling.seed is None else prompt_seeds(sampling.seed, call, len(prompts))
         return generate_checked(self.rollout, prompts, dataclasses.replace(sampling, n=n), seeds)

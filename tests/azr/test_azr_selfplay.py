@@ -425,7 +425,7 @@ def test_prompts_of_a_step_sample_independently():
     drew identical tokens (the coupling seen on a real model); with per-prompt seeds the rate
     at which neighbours agree is the independent rate sum(p^2) within a binomial bound."""
     from megatron_azr.azr.protocols import SamplingParams
-    from megatron_azr.azr.selfplay import generate_checked, prompt_seeds
+    from megatron_azr.azr.selfplay import SEED_STRIDE, generate_checked, prompt_seeds
 
     probs = [0.5, 0.3, 0.2]
     rollout = CategoricalRollout(probs)
@@ -439,11 +439,15 @@ def test_prompts_of_a_step_sample_independently():
     assert agreement(None) == 1.0  # the bug: one stream for every prompt
     expected = sum(p * p for p in probs)
     bound = 4 * (expected * (1 - expected) / (len(prompts) - 1)) ** 0.5
-    seeds = prompt_seeds(77, "step", len(prompts))
+    seeds = prompt_seeds(77, 0, len(prompts))
     assert abs(agreement(seeds) - expected) < bound
-    # Distinct streams, also across the step's two calls, and the same on a replay.
-    assert len(set(seeds) | set(prompt_seeds(77, "probe", len(prompts)))) == 2 * len(prompts)
-    assert seeds == prompt_seeds(77, "step", len(prompts)) != prompt_seeds(78, "step", 400)
+    # Disjoint streams (seed + j for j < SEED_STRIDE), also across a step's calls, and the same
+    # on a replay.
+    streams = [s + j for call in (0, 1) for s in prompt_seeds(77, call, 400) for j in range(64)]
+    assert len(set(streams)) == len(streams)
+    assert seeds == prompt_seeds(77, 0, len(prompts)) != prompt_seeds(78, 0, 400)
+    with pytest.raises(ValueError, match="at most"):
+        prompt_seeds(77, 0, SEED_STRIDE + 1)
 
 
 def test_self_play_sends_per_prompt_seeds():
