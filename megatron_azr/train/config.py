@@ -63,8 +63,10 @@ class ActorConfig:
     # Activation recomputation: "full" recomputes each layer in backward (long responses).
     recompute: Literal["none", "full"] = "none"
     # Per-token log-prob/entropy over the vocab shard: "triton" = fused kernels (no fp32 copies
-    # of the logits), "torch" = the reference, "auto" = triton on CUDA when it imports.
-    logprob_kernel: Literal["auto", "torch", "triton"] = "auto"
+    # of the logits), "chunked" = torch on blocks of rows (the logits and their gradient are the
+    # only full-size tensors), "torch" = the reference (several fp32 copies), "auto" = triton on
+    # CUDA when it imports, chunked otherwise.
+    logprob_kernel: Literal["auto", "torch", "chunked", "triton"] = "auto"
     seed: int = 1234
 
     def __post_init__(self) -> None:

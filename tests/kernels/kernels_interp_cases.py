@@ -58,7 +58,7 @@ def check_against(lp, ent, grad, ref_lp, ref_ent, ref_grad, dtype):
 def test_interpreter_backend_is_selected():
     x = torch.zeros(2, 3)
     assert resolve_backend("triton", x) == "triton"
-    assert resolve_backend("auto", x) == "torch"  # auto takes Triton on CUDA only
+    assert resolve_backend("auto", x) == "chunked"  # auto takes Triton on CUDA only
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
