@@ -192,9 +192,10 @@ class Actor:
     def _token_logprobs(
         self, mb: batching.MicroBatch, logits: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(positions, log-probs, entropies) of the response tokens of ``mb``."""
+        """(positions, log-probs, entropies) of the response tokens of ``mb`` from ``logits``
+        [1, R, V/tp] of its rows ``response_pos``."""
         pos = mb.response_pos
-        local = logits[0].index_select(0, pos)
+        local = logits[0]
         tp = self.layout.tp
         lp, ent = logprob_and_entropy(
             local,

@@ -61,7 +61,8 @@ def gather_state(actor: Actor) -> dict[str, torch.Tensor]:
 
 
 def _full_logits(chunks, arch: ModelConfig, tokens: torch.Tensor) -> torch.Tensor | None:
-    """Full-vocabulary logits [S, V] on the last stage (None elsewhere); also checks the
+    """Full-vocabulary logits [S - 1, V] on the last stage (None elsewhere; the last position
+    predicts no token of the sequence, so the actor computes no logits for it); also checks the
     vocab-parallel log-prob/entropy against a full-vocabulary reference."""
     from megatron.core import parallel_state as ps
 
@@ -77,7 +78,7 @@ def _full_logits(chunks, arch: ModelConfig, tokens: torch.Tensor) -> torch.Tenso
     def loss_fn(mb, logits):
         local = logits[0]
         lp, ent = logprob_and_entropy(
-            local[: n - 1],
+            local,
             mb.targets[0, : n - 1],
             ps.get_tensor_model_parallel_rank() * local.shape[-1],
             group if tp > 1 else None,
@@ -85,10 +86,10 @@ def _full_logits(chunks, arch: ModelConfig, tokens: torch.Tensor) -> torch.Tenso
         parts = [torch.empty_like(local) for _ in range(tp)]
         dist.all_gather(parts, local.contiguous(), group=group)
         full = torch.cat(parts, dim=-1)
-        ref_lp, ref_ent = reference_logprob_and_entropy(full[: n - 1], mb.targets[0, : n - 1])
+        ref_lp, ref_ent = reference_logprob_and_entropy(full, mb.targets[0, : n - 1])
         assert torch.allclose(lp, ref_lp, atol=1e-5), (lp - ref_lp).abs().max()
         assert torch.allclose(ent, ref_ent, atol=1e-5), (ent - ref_ent).abs().max()
-        return full.sum() * 0, torch.tensor(0, dtype=torch.int), full[:n]
+        return full.sum() * 0, torch.tensor(0, dtype=torch.int), full
 
     out = run_schedule(chunks, [mb], loss_fn, forward_only=True, device=torch.device("cpu"))
     return out[0] if out else None
