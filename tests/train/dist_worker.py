@@ -37,15 +37,19 @@ LAYOUTS = {
 }
 
 
+SUBBATCHES = [(t, r) for t in TaskType for r in Role]
+
+
 def samples_for_step(step: int, n: int = 8, vocab: int = 512) -> list[TrainSample]:
+    """Random samples spread over the (task, role) sub-batches, with unequal token counts (the
+    default loss weighs sub-batches, not tokens: a layout must not change the weights)."""
     rng = random.Random(1000 + step)
     out = []
     for _ in range(n):
         prompt = [rng.randrange(vocab) for _ in range(rng.randint(2, 14))]
         response = [rng.randrange(vocab) for _ in range(rng.randint(1, 24))]
-        out.append(
-            TrainSample(TaskType.DEDUCTION, Role.SOLVE, prompt, response, 0.0, rng.gauss(0, 1))
-        )
+        task, role = rng.choice(SUBBATCHES)
+        out.append(TrainSample(task, role, prompt, response, 0.0, rng.gauss(0, 1)))
     return out
 
 
@@ -70,7 +74,14 @@ def _full_logits(chunks, arch: ModelConfig, tokens: torch.Tensor) -> torch.Tenso
 
     n = tokens.numel()
     mb = collate(
-        [SeqSpec(0, 1, n - 1)], [tokens[:1].tolist()], [tokens[1:].tolist()], [0.0], None, None, 2
+        [SeqSpec(0, 1, n - 1)],
+        [tokens[:1].tolist()],
+        [tokens[1:].tolist()],
+        [0.0],
+        [1.0],
+        None,
+        None,
+        2,
     )
     tp = ps.get_tensor_model_parallel_world_size()
     group = ps.get_tensor_model_parallel_group()
@@ -129,7 +140,9 @@ def scenario_logits(args: dict) -> None:
 
 
 def _actor_cfg(**kw) -> ActorConfig:
-    base = dict(precision="fp32", lr=1e-3, micro_batch_tokens=48, entropy_coeff=0.01)
+    # Adam moves an element by ~lr * g / (|g| + eps): with eps 1e-8 an element whose gradient is
+    # float noise (~1e-8) moves by up to lr, whatever the layout; 1e-4 keeps such moves ~1e-4 lr.
+    base = dict(precision="fp32", lr=1e-3, micro_batch_tokens=48, entropy_coeff=0.01, adam_eps=1e-4)
     base.update(kw)
     return ActorConfig(**base)
 

@@ -78,10 +78,10 @@ def test_update_matches_single_process_at_every_layout(tiny_models, torchrun, tm
             for key in ("loss", "grad_norm", "entropy", "tokens"):
                 assert m[key] == pytest.approx(r[key], rel=1e-5, abs=1e-6), (layout, step, key)
         # Two AdamW steps at lr 1e-3 move weights by ~2e-3; layouts differ in float summation
-        # order only, which Adam's normalised update turns into at most ~1% of a step.
+        # order only (measured <= 3.3e-7 with adam_eps 1e-4, see dist_worker._actor_cfg).
         for name, t in ref["state"].items():
             diff = (got["state"][name] - t).abs().max().item()
-            assert diff < 2e-5, (layout, name, diff)
+            assert diff < 2e-6, (layout, name, diff)
     ref = torch.load(tmp_path / "update_qwen2_single.pt")
     expected = [
         "response tokens",
