@@ -206,6 +206,49 @@ def _kl_to_reference(actor: Actor, hf_dir: str) -> list[float]:
     return kls
 
 
+# -- scenario: updates for an outside reference ------------------------------------------
+
+
+def scenario_reference(args: dict) -> None:
+    """Per case, a fresh actor from the HF weights takes one on-policy update per batch of
+    ``args["batches"]`` (samples as JSON dicts); metrics and weights after each go to the test."""
+    out = Path(args["out"])
+    arch = ModelConfig.from_hf_dir(args["hf"])
+    batches = [
+        [
+            TrainSample(
+                TaskType(d["task"]), Role(d["role"]), d["prompt"], d["response"], 0.0, d["adv"]
+            )
+            for d in batch
+        ]
+        for batch in args["batches"]
+    ]
+    for name, overrides in args["cases"].items():
+        actor = Actor(arch, LAYOUTS["single"], _actor_cfg(**overrides), init_from=args["hf"])
+        result = []
+        for batch in batches:
+            metrics = actor.update(batch)
+            result.append({"metrics": metrics, "state": gather_state(actor)})
+        torch.save(result, out / f"reference_{name}.pt")
+
+
+# -- scenario: activation recompute ------------------------------------------------------
+
+
+def scenario_recompute(args: dict) -> None:
+    """Two updates with recompute=full and with recompute=none from the same weights."""
+    out = Path(args["out"])
+    arch = ModelConfig.from_hf_dir(args["hf"])
+    for name in args["layouts"]:
+        for recompute in ("none", "full"):
+            cfg = _actor_cfg(recompute=recompute)
+            actor = Actor(arch, LAYOUTS[name], cfg, init_from=args["hf"])
+            metrics = [actor.update(samples_for_step(s)) for s in (1, 2)]
+            state = gather_state(actor)
+            if is_writer():
+                torch.save({"metrics": metrics, "state": state}, out / f"{name}_{recompute}.pt")
+
+
 # -- scenario: checkpoint save / resume ---------------------------------------------------
 
 
@@ -242,6 +285,8 @@ def scenario_ckpt_resume(args: dict) -> None:
 SCENARIOS = {
     "logits": scenario_logits,
     "update": scenario_update,
+    "recompute": scenario_recompute,
+    "reference": scenario_reference,
     "ckpt_save": scenario_ckpt_save,
     "ckpt_resume": scenario_ckpt_resume,
 }
