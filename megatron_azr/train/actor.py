@@ -35,8 +35,9 @@ from megatron_azr.models.config import ModelConfig
 from megatron_azr.train import batch as batching
 from megatron_azr.train.config import ActorConfig, ParallelConfig
 from megatron_azr.train.dist import init_parallel
+from megatron_azr.train.host_memory import release_freed
 from megatron_azr.train.logprobs import logprob_and_entropy
-from megatron_azr.train.loss import METRICS, PolicyLossConfig, policy_loss_sums
+from megatron_azr.train.loss import METRICS, PolicyLossConfig, policy_loss_sums, token_weights
 from megatron_azr.train.schedule import run_schedule
 
 logger = logging.getLogger(__name__)
@@ -209,6 +210,12 @@ class Actor:
         )
         return pos, lp, ent
 
+    def _release_host_memory(self) -> None:
+        """On CPU the pass's activations and logits were host memory: give it back
+        (:mod:`megatron_azr.train.host_memory`)."""
+        if self.device.type == "cpu":
+            release_freed()
+
     def _reduce_from_last_stage(self, t: torch.Tensor) -> torch.Tensor:
         """Sum over data-parallel ranks; non-last pipeline stages contribute zeros."""
         if self.layout.dp > 1:
@@ -243,6 +250,7 @@ class Actor:
                 k += s.response_len
         self._reduce_from_last_stage(out)
         values = out.cpu().tolist()
+        self._release_host_memory()
         return [values[offsets[i] : offsets[i + 1]] for i in range(len(samples))]
 
     def update(
@@ -305,6 +313,7 @@ class Actor:
         self._reduce_from_last_stage(sums)
         m = dict(zip(METRICS, sums.tolist(), strict=True))
         n = max(m["tokens"], 1.0)
+        self._release_host_memory()
         elapsed = time.perf_counter() - t0
         return {
             "loss": m["loss"] / n,
