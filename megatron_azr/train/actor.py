@@ -5,9 +5,10 @@ SPMD contract: every rank of the job calls the same method with the same global 
 are dealt to data-parallel ranks by tokens, packed into micro-batches by the token budget, run
 through megatron's schedule (1F1B / interleaved for PP), and results are reduced back.
 
-The loss is the token mean over the whole batch (see :mod:`megatron_azr.train.loss`), so
-``update`` gives the same loss, grad norm and weights at every TP/PP/DP layout up to float
-summation order.
+The loss is aggregated over the whole global batch (per (task, role) sub-batch or per token, see
+:mod:`megatron_azr.train.loss`) with weights computed from the global sample list, so ``update``
+gives the same loss, grad norm and weights at every TP/PP/DP layout and micro-batching up to
+float summation order.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from megatron_azr.models.config import ModelConfig
 from megatron_azr.train import batch as batching
 from megatron_azr.train.config import ActorConfig, ParallelConfig
 from megatron_azr.train.dist import init_parallel
+from megatron_azr.train.host_memory import release_freed
 from megatron_azr.train.logprobs import logprob_and_entropy
-from megatron_azr.train.loss import METRICS, PolicyLossConfig, policy_loss_sums
+from megatron_azr.train.loss import METRICS, PolicyLossConfig, policy_loss_sums, token_weights
 from megatron_azr.train.schedule import run_schedule
 
 logger = logging.getLogger(__name__)
@@ -157,8 +159,9 @@ class Actor:
     def _micro_batches(
         self,
         samples: Sequence[TrainSample],
-        old: Sequence[Sequence[float]] | None,
-        ref: Sequence[Sequence[float]] | None,
+        old: Sequence[Sequence[float]] | None = None,
+        ref: Sequence[Sequence[float]] | None = None,
+        weights: Sequence[float] | None = None,
     ) -> list[batching.MicroBatch]:
         for name, lps in (("old_logprobs", old), ("ref_logprobs", ref)):
             if lps is None:
@@ -182,9 +185,10 @@ class Actor:
         prompts = [s.prompt_token_ids for s in samples]
         responses = [s.response_token_ids for s in samples]
         advantages = [s.advantage for s in samples]
+        weights = [1.0] * len(samples) if weights is None else weights
         return [
             batching.collate(
-                b, prompts, responses, advantages, old, ref, self.pad_multiple, min_length
+                b, prompts, responses, advantages, weights, old, ref, self.pad_multiple, min_length
             )
             for b in bins
         ]
@@ -192,9 +196,10 @@ class Actor:
     def _token_logprobs(
         self, mb: batching.MicroBatch, logits: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(positions, log-probs, entropies) of the response tokens of ``mb``."""
+        """(positions, log-probs, entropies) of the response tokens of ``mb`` from ``logits``
+        [1, R, V/tp] of its rows ``response_pos``."""
         pos = mb.response_pos
-        local = logits[0].index_select(0, pos)
+        local = logits[0]
         tp = self.layout.tp
         lp, ent = logprob_and_entropy(
             local,
@@ -204,6 +209,12 @@ class Actor:
             backend=self.cfg.logprob_kernel,
         )
         return pos, lp, ent
+
+    def _release_host_memory(self) -> None:
+        """On CPU the pass's activations and logits were host memory: give it back
+        (:mod:`megatron_azr.train.host_memory`)."""
+        if self.device.type == "cpu":
+            release_freed()
 
     def _reduce_from_last_stage(self, t: torch.Tensor) -> torch.Tensor:
         """Sum over data-parallel ranks; non-last pipeline stages contribute zeros."""
@@ -222,7 +233,7 @@ class Actor:
         for s in samples:
             offsets.append(offsets[-1] + len(s.response_token_ids))
         out = torch.zeros(offsets[-1], dtype=torch.float32, device=self.device)
-        mbs = self._micro_batches(samples, None, None)
+        mbs = self._micro_batches(samples)
 
         def loss_fn(mb: batching.MicroBatch, logits: torch.Tensor) -> Any:
             _, lp, _ = self._token_logprobs(mb, logits)
@@ -239,6 +250,7 @@ class Actor:
                 k += s.response_len
         self._reduce_from_last_stage(out)
         values = out.cpu().tolist()
+        self._release_host_memory()
         return [values[offsets[i] : offsets[i + 1]] for i in range(len(samples))]
 
     def update(
@@ -263,7 +275,12 @@ class Actor:
             if not math.isfinite(s.advantage):
                 raise ValueError(f"sample {i} has a non-finite advantage ({s.advantage})")
         t0 = time.perf_counter()
-        mbs = self._micro_batches(samples, old_logprobs, ref_logprobs)
+        weights = token_weights(
+            [(s.task, s.role) for s in samples],
+            [len(s.response_token_ids) for s in samples],
+            self.cfg.loss_aggregation,
+        )
+        mbs = self._micro_batches(samples, old_logprobs, ref_logprobs, weights)
         on_policy = old_logprobs is None
 
         def loss_fn(mb: batching.MicroBatch, logits: torch.Tensor) -> Any:
@@ -275,7 +292,7 @@ class Actor:
                 ent,
                 old,
                 mb.advantages[0].index_select(0, pos),
-                torch.ones_like(lp),
+                mb.weights[0].index_select(0, pos),
                 self.loss_cfg,
                 ref,
             )
@@ -296,6 +313,7 @@ class Actor:
         self._reduce_from_last_stage(sums)
         m = dict(zip(METRICS, sums.tolist(), strict=True))
         n = max(m["tokens"], 1.0)
+        self._release_host_memory()
         elapsed = time.perf_counter() - t0
         return {
             "loss": m["loss"] / n,

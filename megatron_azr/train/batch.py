@@ -46,6 +46,7 @@ class MicroBatch:
     # host: finding them on the device would cost a sync per micro-batch)
     response_pos: torch.Tensor
     advantages: torch.Tensor  # [1, S] float
+    weights: torch.Tensor  # [1, S] float: the loss weight of each token (train/loss.py)
     old_logprobs: torch.Tensor  # [1, S] float
     ref_logprobs: torch.Tensor | None  # [1, S] float
     seq_lens: list[int]  # packed sequence lengths, then the padding (if any) as one more
@@ -70,6 +71,7 @@ class MicroBatch:
             targets=self.targets.to(device),
             response_pos=self.response_pos.to(device),
             advantages=self.advantages.to(device),
+            weights=self.weights.to(device),
             old_logprobs=self.old_logprobs.to(device),
             ref_logprobs=mv(self.ref_logprobs),
             seq_lens=self.seq_lens,
@@ -122,6 +124,7 @@ def collate(
     prompts: Sequence[Sequence[int]],
     responses: Sequence[Sequence[int]],
     advantages: Sequence[float],
+    weights: Sequence[float],
     old_logprobs: Sequence[Sequence[float]] | None,
     ref_logprobs: Sequence[Sequence[float]] | None,
     pad_multiple: int,
@@ -150,6 +153,7 @@ def collate(
     targets = torch.zeros(total, dtype=torch.long)
     response_pos: list[int] = []
     adv = torch.zeros(total)
+    weight = torch.zeros(total)
     old = torch.zeros(total)
     ref = torch.zeros(total) if ref_logprobs is not None else None
     for s, start in zip(bin_, starts, strict=True):
@@ -158,6 +162,7 @@ def collate(
         targets[sl] = tok[start + s.prompt_len : start + s.length]
         response_pos += range(first, first + s.response_len)
         adv[sl] = float(advantages[s.index])
+        weight[sl] = float(weights[s.index])
         if old_logprobs is not None:
             old[sl] = torch.tensor(old_logprobs[s.index], dtype=torch.float32)
         if ref is not None and ref_logprobs is not None:
@@ -168,6 +173,7 @@ def collate(
         targets=targets[None],
         response_pos=torch.tensor(response_pos, dtype=torch.long),
         advantages=adv[None],
+        weights=weight[None],
         old_logprobs=old[None],
         ref_logprobs=None if ref is None else ref[None],
         seq_lens=seq_lens,

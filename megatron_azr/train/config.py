@@ -2,7 +2,7 @@
 
 Defaults reproduce the AZR paper's actor (spec §8): AdamW, constant lr 1e-6, betas
 (0.9, 0.999), weight decay 0.01, grad-norm clip 1.0, PPO clip 0.2, entropy bonus 0.001, no KL,
-token-mean loss, bf16. No torch import here.
+each (task, role) sub-batch weighing the same in the loss, bf16. No torch import here.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ Precision = Literal["fp32", "bf16"]
 # Float8CurrentScaling (per-tensor current scaling, Hopper+), "mxfp8" = MXFP8BlockScaling
 # (Blackwell+). "none" trains in `precision` only.
 FP8Recipe = Literal["none", "delayed", "tensorwise", "mxfp8"]
+LossAggregation = Literal["subbatch", "token"]
 
 
 @dataclass
@@ -46,13 +47,17 @@ class ActorConfig:
     adam_eps: float = 1e-8
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    # Policy loss: PPO-clip surrogate on token log-probs, token-mean over the global batch.
+    # Policy loss: PPO-clip surrogate on token log-probs.
     clip_ratio: float = 0.2
     # Upper clip (DAPO's clip-higher, 0.28 on the original's master branch); None = clip_ratio.
     clip_ratio_high: float | None = None
     entropy_coeff: float = 0.001
     # KL penalty to a reference policy (k3 estimator); needs reference log-probs when > 0.
     kl_coef: float = 0.0
+    # Aggregation of the per-token loss (entropy and KL included) over the global batch:
+    # "subbatch" = mean over the (task, role) sub-batches of the token mean inside each (the
+    # original: each of the six sub-batches weighs 1/6), "token" = one token mean over all.
+    loss_aggregation: LossAggregation = "subbatch"
     # Dynamic batching: responses are packed into micro-batches of at most this many tokens.
     micro_batch_tokens: int = 8192
     precision: Precision = "bf16"
@@ -63,8 +68,10 @@ class ActorConfig:
     # Activation recomputation: "full" recomputes each layer in backward (long responses).
     recompute: Literal["none", "full"] = "none"
     # Per-token log-prob/entropy over the vocab shard: "triton" = fused kernels (no fp32 copies
-    # of the logits), "torch" = the reference, "auto" = triton on CUDA when it imports.
-    logprob_kernel: Literal["auto", "torch", "triton"] = "auto"
+    # of the logits), "chunked" = torch on blocks of rows (the logits and their gradient are the
+    # only full-size tensors), "torch" = the reference (several fp32 copies), "auto" = triton on
+    # CUDA when it imports, chunked otherwise.
+    logprob_kernel: Literal["auto", "torch", "chunked", "triton"] = "auto"
     seed: int = 1234
 
     def __post_init__(self) -> None:

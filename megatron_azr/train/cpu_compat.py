@@ -15,6 +15,12 @@ names, so :func:`apply` asserts what it patches exists and is only ever called w
    reports CUDA type names from ``Tensor.type()`` (clip_grads and the distributed optimizer
    assert them). Torch function modes are not active inside autograd's backward, hence 2.
 4. Stream/synchronisation calls (pipeline p2p, DDP grad sync) become no-ops.
+5. Activation recompute (``tensor_parallel.checkpoint`` and ``CheckpointWithoutOutput``) saves
+   the CPU generator, the CUDA generator and the tracker's states before a layer's forward and
+   restores them to recompute it; the CUDA part goes through the module's
+   ``_get_cuda_rng_state`` / ``_set_cuda_rng_state`` (0.16.1 and 0.19.x), which assert CUDA. There
+   is no CUDA generator here, so they become an empty state and a no-op: the CPU generator and
+   the tracker's (CPU) states are still saved and restored by megatron itself.
 (Sequence parallel norms are not a patch: our local layer spec builds SP-aware norms.)
 """
 
@@ -135,6 +141,11 @@ def apply() -> None:
             raise RuntimeError(f"megatron-core changed: tensor_parallel.random.{attr} is gone")
     mpu_random._CUDA_RNG_STATE_TRACKER = CPURNGStatesTracker()
     mpu_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    for attr in ("_get_cuda_rng_state", "_set_cuda_rng_state"):
+        if not hasattr(mpu_random, attr):
+            raise RuntimeError(f"megatron-core changed: tensor_parallel.random.{attr} is gone")
+    mpu_random._get_cuda_rng_state = lambda *a, **k: torch.empty(0, dtype=torch.uint8)
+    mpu_random._set_cuda_rng_state = lambda *a, **k: None
 
     # Distinct function objects: dynamo's trace rules reject one object under two names.
     patches = {

@@ -58,7 +58,7 @@ def check_against(lp, ent, grad, ref_lp, ref_ent, ref_grad, dtype):
 def test_interpreter_backend_is_selected():
     x = torch.zeros(2, 3)
     assert resolve_backend("triton", x) == "triton"
-    assert resolve_backend("auto", x) == "torch"  # auto takes Triton on CUDA only
+    assert resolve_backend("auto", x) == "chunked"  # auto takes Triton on CUDA only
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
@@ -137,8 +137,9 @@ def test_autograd_function_with_the_kernels(dtype):
 
 
 def test_two_process_gloo():
-    """Real TP=2 over gloo: both backends through the all-reduces, against the full vocab."""
-    cmd = [*torchrun_cmd(2), str(HERE / "kernels_dist_worker.py"), "triton", "torch"]
+    """Real TP=2 over gloo: every backend through the all-reduces, against the full vocab."""
+    backends = ["triton", "torch", "chunked"]
+    cmd = [*torchrun_cmd(2), str(HERE / "kernels_dist_worker.py"), *backends]
     proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert proc.stdout.count(" ok") == 2 * 2 * 2  # ranks x dtypes x backends
+    assert proc.stdout.count(" ok") == 2 * 2 * len(backends)  # ranks x dtypes x backends

@@ -40,7 +40,7 @@ def test_auto_picks_the_kernels_on_cuda():
         "triton"
     )
     assert resolve_backend("auto", torch.zeros(1, 1, device="cuda", dtype=torch.float64)) == (
-        "torch"
+        "chunked"
     )
 
 

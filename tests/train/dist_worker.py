@@ -37,15 +37,19 @@ LAYOUTS = {
 }
 
 
+SUBBATCHES = [(t, r) for t in TaskType for r in Role]
+
+
 def samples_for_step(step: int, n: int = 8, vocab: int = 512) -> list[TrainSample]:
+    """Random samples spread over the (task, role) sub-batches, with unequal token counts (the
+    default loss weighs sub-batches, not tokens: a layout must not change the weights)."""
     rng = random.Random(1000 + step)
     out = []
     for _ in range(n):
         prompt = [rng.randrange(vocab) for _ in range(rng.randint(2, 14))]
         response = [rng.randrange(vocab) for _ in range(rng.randint(1, 24))]
-        out.append(
-            TrainSample(TaskType.DEDUCTION, Role.SOLVE, prompt, response, 0.0, rng.gauss(0, 1))
-        )
+        task, role = rng.choice(SUBBATCHES)
+        out.append(TrainSample(task, role, prompt, response, 0.0, rng.gauss(0, 1)))
     return out
 
 
@@ -61,7 +65,8 @@ def gather_state(actor: Actor) -> dict[str, torch.Tensor]:
 
 
 def _full_logits(chunks, arch: ModelConfig, tokens: torch.Tensor) -> torch.Tensor | None:
-    """Full-vocabulary logits [S, V] on the last stage (None elsewhere); also checks the
+    """Full-vocabulary logits [S - 1, V] on the last stage (None elsewhere; the last position
+    predicts no token of the sequence, so the actor computes no logits for it); also checks the
     vocab-parallel log-prob/entropy against a full-vocabulary reference."""
     from megatron.core import parallel_state as ps
 
@@ -69,7 +74,14 @@ def _full_logits(chunks, arch: ModelConfig, tokens: torch.Tensor) -> torch.Tenso
 
     n = tokens.numel()
     mb = collate(
-        [SeqSpec(0, 1, n - 1)], [tokens[:1].tolist()], [tokens[1:].tolist()], [0.0], None, None, 2
+        [SeqSpec(0, 1, n - 1)],
+        [tokens[:1].tolist()],
+        [tokens[1:].tolist()],
+        [0.0],
+        [1.0],
+        None,
+        None,
+        2,
     )
     tp = ps.get_tensor_model_parallel_world_size()
     group = ps.get_tensor_model_parallel_group()
@@ -77,7 +89,7 @@ def _full_logits(chunks, arch: ModelConfig, tokens: torch.Tensor) -> torch.Tenso
     def loss_fn(mb, logits):
         local = logits[0]
         lp, ent = logprob_and_entropy(
-            local[: n - 1],
+            local,
             mb.targets[0, : n - 1],
             ps.get_tensor_model_parallel_rank() * local.shape[-1],
             group if tp > 1 else None,
@@ -85,10 +97,10 @@ def _full_logits(chunks, arch: ModelConfig, tokens: torch.Tensor) -> torch.Tenso
         parts = [torch.empty_like(local) for _ in range(tp)]
         dist.all_gather(parts, local.contiguous(), group=group)
         full = torch.cat(parts, dim=-1)
-        ref_lp, ref_ent = reference_logprob_and_entropy(full[: n - 1], mb.targets[0, : n - 1])
+        ref_lp, ref_ent = reference_logprob_and_entropy(full, mb.targets[0, : n - 1])
         assert torch.allclose(lp, ref_lp, atol=1e-5), (lp - ref_lp).abs().max()
         assert torch.allclose(ent, ref_ent, atol=1e-5), (ent - ref_ent).abs().max()
-        return full.sum() * 0, torch.tensor(0, dtype=torch.int), full[:n]
+        return full.sum() * 0, torch.tensor(0, dtype=torch.int), full
 
     out = run_schedule(chunks, [mb], loss_fn, forward_only=True, device=torch.device("cpu"))
     return out[0] if out else None
@@ -128,7 +140,9 @@ def scenario_logits(args: dict) -> None:
 
 
 def _actor_cfg(**kw) -> ActorConfig:
-    base = dict(precision="fp32", lr=1e-3, micro_batch_tokens=48, entropy_coeff=0.01)
+    # Adam moves an element by ~lr * g / (|g| + eps): with eps 1e-8 an element whose gradient is
+    # float noise (~1e-8) moves by up to lr, whatever the layout; 1e-4 keeps such moves ~1e-4 lr.
+    base = dict(precision="fp32", lr=1e-3, micro_batch_tokens=48, entropy_coeff=0.01, adam_eps=1e-4)
     base.update(kw)
     return ActorConfig(**base)
 
@@ -192,6 +206,49 @@ def _kl_to_reference(actor: Actor, hf_dir: str) -> list[float]:
     return kls
 
 
+# -- scenario: updates for an outside reference ------------------------------------------
+
+
+def scenario_reference(args: dict) -> None:
+    """Per case, a fresh actor from the HF weights takes one on-policy update per batch of
+    ``args["batches"]`` (samples as JSON dicts); metrics and weights after each go to the test."""
+    out = Path(args["out"])
+    arch = ModelConfig.from_hf_dir(args["hf"])
+    batches = [
+        [
+            TrainSample(
+                TaskType(d["task"]), Role(d["role"]), d["prompt"], d["response"], 0.0, d["adv"]
+            )
+            for d in batch
+        ]
+        for batch in args["batches"]
+    ]
+    for name, overrides in args["cases"].items():
+        actor = Actor(arch, LAYOUTS["single"], _actor_cfg(**overrides), init_from=args["hf"])
+        result = []
+        for batch in batches:
+            metrics = actor.update(batch)
+            result.append({"metrics": metrics, "state": gather_state(actor)})
+        torch.save(result, out / f"reference_{name}.pt")
+
+
+# -- scenario: activation recompute ------------------------------------------------------
+
+
+def scenario_recompute(args: dict) -> None:
+    """Two updates with recompute=full and with recompute=none from the same weights."""
+    out = Path(args["out"])
+    arch = ModelConfig.from_hf_dir(args["hf"])
+    for name in args["layouts"]:
+        for recompute in ("none", "full"):
+            cfg = _actor_cfg(recompute=recompute)
+            actor = Actor(arch, LAYOUTS[name], cfg, init_from=args["hf"])
+            metrics = [actor.update(samples_for_step(s)) for s in (1, 2)]
+            state = gather_state(actor)
+            if is_writer():
+                torch.save({"metrics": metrics, "state": state}, out / f"{name}_{recompute}.pt")
+
+
 # -- scenario: checkpoint save / resume ---------------------------------------------------
 
 
@@ -228,6 +285,8 @@ def scenario_ckpt_resume(args: dict) -> None:
 SCENARIOS = {
     "logits": scenario_logits,
     "update": scenario_update,
+    "recompute": scenario_recompute,
+    "reference": scenario_reference,
     "ckpt_save": scenario_ckpt_save,
     "ckpt_resume": scenario_ckpt_resume,
 }

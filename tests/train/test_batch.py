@@ -41,7 +41,8 @@ def test_collate_positions_targets_and_masks():
         SeqSpec(i, len(p), len(r)) for i, (p, r) in enumerate(zip(prompts, responses, strict=True))
     ]
     old = [[-1.0, -2.0], [-3.0, -4.0, -5.0], [-6.0]]
-    mb = collate(specs, prompts, responses, [0.5, -1.0, 2.0], old, None, 4, min_length=13)
+    weights = [0.25, 3.0, 1.0]
+    mb = collate(specs, prompts, responses, [0.5, -1.0, 2.0], weights, old, None, 4, min_length=13)
     assert mb.num_tokens == 16 and mb.seq_lens == [5, 4, 3, 4]
     assert mb.tokens[0, :12].tolist() == [1, 2, 3, 7, 8, 4, 9, 10, 11, 5, 6, 12]
     assert mb.position_ids[0, :12].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 1, 2]
@@ -51,4 +52,6 @@ def test_collate_positions_targets_and_masks():
     assert pos.tolist() == [2, 3, 5, 6, 7, 10]
     assert mb.old_logprobs[0][pos].tolist() == [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
     assert mb.advantages[0][pos].tolist() == [0.5, 0.5, -1.0, -1.0, -1.0, 2.0]
+    assert mb.weights[0][pos].tolist() == [0.25, 0.25, 3.0, 3.0, 3.0, 1.0]
+    assert mb.weights[0].sum().item() == 0.5 + 9 + 1  # zero on prompts and padding
     assert mb.cu_seqlens().tolist() == [0, 5, 9, 12, 16]

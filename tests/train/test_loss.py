@@ -3,7 +3,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from megatron_azr.train.logprobs import logprob_and_entropy, reference_logprob_and_entropy  # noqa: E402
-from megatron_azr.train.loss import METRICS, PolicyLossConfig, policy_loss_sums  # noqa: E402
+from megatron_azr.train.loss import (  # noqa: E402
+    METRICS,
+    PolicyLossConfig,
+    policy_loss_sums,
+    token_weights,
+)
 
 
 def test_on_policy_loss_is_reinforce_with_entropy_bonus():
@@ -44,6 +49,42 @@ def test_kl_penalty_k3():
     total, _sums = policy_loss_sums(lp, lp, lp, torch.zeros(2), torch.ones(2), cfg, ref)
     d = ref - lp
     assert total.item() == pytest.approx(0.5 * (torch.exp(d) - d - 1).sum().item())
+
+
+def test_subbatch_weights_average_the_token_means_of_the_subbatches():
+    groups = ["a", "b", "a", "c", "d"]
+    lengths = [3, 2, 1, 0, 6]  # a: 4 tokens, b: 2, c: none (not counted), d: 6
+    w = token_weights(groups, lengths, "subbatch")
+    assert w == pytest.approx([12 / (3 * 4), 12 / (3 * 2), 12 / (3 * 4), 0.0, 12 / (3 * 6)])
+    torch.manual_seed(0)
+    per_token = [torch.randn(n) for n in lengths]
+    pairs = list(zip(groups, per_token, strict=True))
+    means = {g: torch.cat([t for h, t in pairs if h == g]).mean() for g in "abd"}
+    weighted = sum((wi * t).sum() for wi, t in zip(w, per_token, strict=True)) / sum(lengths)
+    assert weighted.item() == pytest.approx(sum(means.values()).item() / 3)
+    assert token_weights(groups, lengths, "token") == [1.0] * 5
+    with pytest.raises(ValueError, match="loss aggregation"):
+        token_weights(groups, lengths, "sequence")
+
+
+def test_config_takes_the_aggregation():
+    from megatron_azr.config import ConfigError, load_config
+
+    assert load_config(None, []).actor.loss_aggregation == "subbatch"
+    assert load_config(None, ["actor.loss_aggregation=token"]).actor.loss_aggregation == "token"
+    with pytest.raises(ConfigError, match="loss_aggregation"):
+        load_config(None, ["actor.loss_aggregation=sequence"])
+
+
+def test_weights_scale_every_metric_but_the_token_count():
+    lp = torch.tensor([-1.0, -2.0, -0.5])
+    w = torch.tensor([0.5, 2.0, 0.5])
+    cfg = PolicyLossConfig(entropy_coeff=0.1)
+    total, sums = policy_loss_sums(lp, -lp, lp, torch.ones(3), w, cfg)
+    m = dict(zip(METRICS, sums.tolist(), strict=True))
+    assert total.item() == pytest.approx(-(0.5 + 2 + 0.5) - 0.1 * (0.5 + 4 + 0.25))
+    assert m["entropy"] == pytest.approx(4.75) and m["ratio"] == pytest.approx(3.0)
+    assert m["tokens"] == 3
 
 
 def test_logprob_entropy_forward_and_backward_match_reference():
