@@ -10,6 +10,13 @@ computes log-probs vocab-parallel.
     python benchmarks/actor_bench.py --card qwen2.5-0.5b  # GPU: bf16 (TE spec when installed)
 
 Prints a table and, last, ``ratio: <actor tokens/s / baseline tokens/s>``.
+
+``--memory`` measures instead the actor's peak memory (resident memory on CPU, the kernel's
+high-water mark reset before each phase; CUDA allocations on a GPU) through ``logprobs`` and
+``--steps`` updates of the random-init card, e.g. the self-play step of a 0.5B model on CPU:
+
+    python benchmarks/actor_bench.py --memory --card qwen2.5-0.5b --samples 24 \
+        --prompt 550 650 --response 400 512 --micro-batch-tokens 4096 --recompute full --steps 2
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from pathlib import Path
 
 import torch
 
@@ -28,12 +36,15 @@ PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "A100": 312.0, "B200
 
 
 def make_samples(n: int, prompt: tuple[int, int], response: tuple[int, int], vocab: int, seed=0):
+    """Random samples dealt round-robin to the six (task, role) sub-batches."""
     rng = random.Random(seed)
+    subbatches = [(t, r) for t in TaskType for r in Role]
     out = []
-    for _ in range(n):
+    for i in range(n):
         p = [rng.randrange(vocab) for _ in range(rng.randint(*prompt))]
         r = [rng.randrange(vocab) for _ in range(rng.randint(*response))]
-        out.append(TrainSample(TaskType.DEDUCTION, Role.SOLVE, p, r, 0.0, rng.gauss(0, 1)))
+        task, role = subbatches[i % len(subbatches)]
+        out.append(TrainSample(task, role, p, r, 0.0, rng.gauss(0, 1)))
     return out
 
 
@@ -51,7 +62,7 @@ def model_flops(arch: ModelConfig, samples: list[TrainSample]) -> float:
     return 6 * matmul_params * tokens + attn
 
 
-def bench_actor(arch, samples, args, device):
+def make_actor(arch, args):
     from megatron_azr.train.actor import Actor
     from megatron_azr.train.config import ActorConfig, ParallelConfig
 
@@ -61,7 +72,11 @@ def bench_actor(arch, samples, args, device):
         transformer_impl=args.impl,
         recompute=args.recompute,
     )
-    actor = Actor(arch, ParallelConfig(), cfg)
+    return Actor(arch, ParallelConfig(), cfg)
+
+
+def bench_actor(arch, samples, args, device):
+    actor = make_actor(arch, args)
     actor.update(samples)  # warm-up (allocations, kernel selection)
     sync(device)
     t0 = time.perf_counter()
@@ -127,6 +142,61 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _resident(key: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if key in x)
+    return int(line.split()[1]) * 1024
+
+
+class PeakMemory:
+    """Memory now and the peak since :meth:`reset`: CUDA allocations on a GPU, resident memory
+    (the kernel's high-water mark, VmHWM) on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def now(self) -> int:
+        return torch.cuda.memory_allocated() if self.cuda else _resident("VmRSS:")
+
+    def peak(self) -> int:
+        return torch.cuda.max_memory_allocated() if self.cuda else _resident("VmHWM:")
+
+
+def bench_memory(arch, samples, args, device) -> None:
+    """Peak memory of building the actor, ``logprobs`` and each update (the first allocates
+    AdamW's state; later ones hold it throughout)."""
+    mem, gb = PeakMemory(device), 2**30
+    actor = None
+
+    def build() -> None:
+        nonlocal actor
+        actor = make_actor(arch, args)
+
+    phases = [("build", build), ("logprobs", lambda: actor.logprobs(samples))]
+    phases += [(f"update {i + 1}", lambda: actor.update(samples)) for i in range(args.steps)]
+    print(f"{'phase':<10}{'before GB':>10}{'peak GB':>10}{'after GB':>10}{'s':>8}")
+    peak = 0
+    for name, run in phases:
+        sync(device)
+        before = mem.now()
+        mem.reset()
+        t0 = time.perf_counter()
+        run()
+        sync(device)
+        took = time.perf_counter() - t0
+        peak = max(peak, mem.peak())
+        print(
+            f"{name:<10}{before / gb:>10.2f}{mem.peak() / gb:>10.2f}{mem.now() / gb:>10.2f}"
+            f"{took:>8.0f}"
+        )
+    print(f"peak GB: {peak / gb:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     gpu = torch.cuda.is_available()
@@ -139,13 +209,23 @@ def main() -> None:
     ap.add_argument("--micro-batch-tokens", type=int, default=16384 if gpu else 1024)
     ap.add_argument("--baseline-micro-batch", type=int, default=4 if gpu else 8)
     ap.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 dense peak")
+    ap.add_argument("--prompt", type=int, nargs=2, default=None, help="min max prompt tokens")
+    ap.add_argument("--response", type=int, nargs=2, default=None, help="min max response tokens")
+    ap.add_argument("--memory", action="store_true", help="peak memory per phase, no baseline")
     args = ap.parse_args()
     torch.manual_seed(0)
     device = torch.device("cuda" if gpu else "cpu")
     arch = load_model_card(args.card)
     prompt, response = ((256, 1024), (128, 2048)) if gpu else ((16, 64), (8, 128))
-    samples = make_samples(args.samples, prompt, response, arch.vocab_size)
+    samples = make_samples(
+        args.samples, args.prompt or prompt, args.response or response, arch.vocab_size
+    )
     tokens = sum(len(s.prompt_token_ids) + len(s.response_token_ids) for s in samples)
+    if args.memory:
+        where = torch.cuda.get_device_name() if gpu else "CPU, resident memory"
+        print(f"actor memory: {arch.name}, {args.samples} samples, {tokens} tokens, {where}")
+        bench_memory(arch, samples, args, device)
+        return
 
     t_actor = bench_actor(arch, samples, args, device)
     t_base = bench_baseline(arch, samples, args, device)
