@@ -170,7 +170,8 @@ def finished_step(checkpoint: Path | None) -> int | None:
 def report_finished(out: Path, done: int, steps: int, leader: bool) -> dict[str, float]:
     """A rerun of a finished run: say so (and show its last step) instead of loading a model
     to do nothing."""
-    rows = (out / "metrics.jsonl").read_text().splitlines() if leader else []
+    log = out / "metrics.jsonl"  # absent when logging.log_every skipped every step
+    rows = log.read_text().splitlines() if leader and log.is_file() else []
     last: dict[str, float] = json.loads(rows[-1]) if rows else {}
     if leader:
         print(
