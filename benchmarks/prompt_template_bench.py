@@ -3,9 +3,10 @@ model's own chat template (``azr.prompt_template``)?
 
 Samples proposer responses (deduction and abduction with K reference snippets from the seed
 file, induction on a seed program) under both templates with batched ``transformers``
-``generate`` (temperature 1, the trainer's sampling), and counts per template and task type:
-well formatted (the R1 think/answer check), an ``<answer>`` present, a proposal that parses
-(code + input, or N inputs + message), cut at the length limit, mean length.
+``generate`` (temperature 1, the trainer's sampling; ``--temperature 0``: greedy), and counts
+per template and task type: well formatted (the R1 think/answer check), an ``<answer>``
+present, a proposal that parses (code + input, or N inputs + message), cut at the length limit,
+mean length.
 
     python benchmarks/prompt_template_bench.py --model .cache/models/SmolLM2-135M-Instruct
 
@@ -52,13 +53,15 @@ def prompts(task: TaskType, seeds: list[Triplet], n: int, k: int, wrap, rng) -> 
     ]
 
 
-def generate(model, tok, texts: list[str], max_new: int, seed: int) -> list[tuple[str, bool]]:
+def generate(
+    model, tok, texts: list[str], max_new: int, seed: int, temperature: float
+) -> list[tuple[str, bool]]:
     torch.manual_seed(seed)
     tok.padding_side = "left"
     batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(
-            **batch, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+            **batch, do_sample=temperature > 0, temperature=temperature or None, top_p=1.0, top_k=0,
             max_new_tokens=max_new, pad_token_id=tok.pad_token_id,
         )  # fmt: skip
     new = out[:, batch.input_ids.shape[1] :]
@@ -83,6 +86,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8, help="responses per task type and template")
     ap.add_argument("--k", type=int, default=2, help="reference snippets per program proposal")
     ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
     args = ap.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -104,7 +108,7 @@ def main() -> None:
             rng = random.Random(f"{template}/{task}")
             texts = prompts(task, seeds, args.n, args.k, wrap, rng)
             t0 = time.perf_counter()
-            outs = generate(model, tok, texts, args.max_new_tokens, seed=len(texts))
+            outs = generate(model, tok, texts, args.max_new_tokens, len(texts), args.temperature)
             dt = time.perf_counter() - t0
             resp = [first_turn(t) for t, _ in outs]
             fmt = sum(is_well_formatted(r) for r in resp)

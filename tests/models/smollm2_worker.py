@@ -29,7 +29,11 @@ QUESTION = "What is the capital of France? Answer in one sentence."
 
 
 def main(model_dir: str, out: str) -> None:
-    cfg = load_config("configs/smollm2_cpu.yaml", [f"model.path={model_dir}"])
+    # fp32 (the config trains in bf16): the comparison with transformers is about the weights.
+    cfg = load_config(
+        "configs/smollm2_cpu.yaml",
+        [f"model.path={model_dir}", "actor.precision=fp32", "rollout.dtype=float32"],
+    )
     init_process_group()
     actor = Actor(cfg.model.arch, cfg.parallel, cfg.actor, init_from=cfg.model.path)
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)

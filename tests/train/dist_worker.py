@@ -249,6 +249,32 @@ def scenario_recompute(args: dict) -> None:
                 torch.save({"metrics": metrics, "state": state}, out / f"{name}_{recompute}.pt")
 
 
+# -- scenario: bf16 on CPU ----------------------------------------------------------------
+
+
+def scenario_bf16(args: dict) -> None:
+    """Two updates in fp32 and in bf16 (megatron's mixed-precision optimizer: fp32 master
+    weights and Adam state behind bf16 model weights) from the same weights, one process."""
+    out = Path(args["out"])
+    arch = ModelConfig.from_hf_dir(args["hf"])
+    for precision in ("fp32", "bf16"):
+        actor = Actor(
+            arch, LAYOUTS["single"], _actor_cfg(precision=precision), init_from=args["hf"]
+        )
+        before = gather_state(actor)
+        metrics = [actor.update(samples_for_step(s)) for s in (1, 2)]
+        result = {
+            "metrics": metrics,
+            "before": before,
+            "after": gather_state(actor),
+            "param_dtypes": sorted({str(p.dtype) for p in actor.models[0].parameters()}),
+            "optimizers": [
+                type(o).__name__ for o in getattr(actor.optimizer, "chained_optimizers", [])
+            ],
+        }
+        torch.save(result, out / f"bf16_{precision}.pt")
+
+
 # -- scenario: checkpoint save / resume ---------------------------------------------------
 
 
@@ -286,6 +312,7 @@ SCENARIOS = {
     "logits": scenario_logits,
     "update": scenario_update,
     "recompute": scenario_recompute,
+    "bf16": scenario_bf16,
     "reference": scenario_reference,
     "ckpt_save": scenario_ckpt_save,
     "ckpt_resume": scenario_ckpt_resume,

@@ -117,6 +117,27 @@ def test_recompute_full_equals_none_on_cpu(tiny_models, torchrun, tmp_path):
             assert torch.allclose(full["state"][k], t, rtol=0, atol=1e-7), (name, k)
 
 
+def test_bf16_update_on_cpu_tracks_fp32(tiny_models, torchrun, tmp_path):
+    """configs/smollm2_cpu.yaml trains in bf16 on CPU: megatron's mixed-precision optimizer must
+    run there (bf16 model weights, fp32 masters) and take the fp32 step up to bf16 rounding."""
+    torchrun(1, "bf16", {"out": str(tmp_path), "hf": tiny_models["qwen2"]})
+    fp32 = torch.load(tmp_path / "bf16_fp32.pt")
+    bf16 = torch.load(tmp_path / "bf16_bf16.pt")
+    assert bf16["param_dtypes"] == ["torch.bfloat16"] and fp32["param_dtypes"] == ["torch.float32"]
+    assert bf16["optimizers"] == ["Float16OptimizerWithFloat16Params"], bf16["optimizers"]
+    assert fp32["optimizers"] == ["FP32Optimizer"], fp32["optimizers"]
+    for a, b in zip(bf16["metrics"], fp32["metrics"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=0.05, abs=1e-3)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=0.05)
+
+    # bf16 rounds each element's move (spacing 2^-8 relative), so compare the update's direction.
+    def delta(r: dict) -> torch.Tensor:
+        return torch.cat([(r["after"][k] - r["before"][k]).float().flatten() for k in r["before"]])
+
+    cos = torch.nn.functional.cosine_similarity(delta(fp32), delta(bf16), dim=0).item()
+    assert cos > 0.9, cos
+
+
 def test_resume_at_another_layout_continues_exactly(tiny_models, torchrun, tmp_path):
     """Save after step 1 at TP=2 (and at DP=2 with the distributed optimizer), resume at
     TP=1 x PP=2 (and TP=2 with the distributed optimizer): steps 2-4 must match the run that
