@@ -463,13 +463,13 @@ def render(p: Plan, cfg: Config, nodes: int, gpus_per_node: int, given: set[str]
             f"rollout: vLLM tp {lay.rollout_tp} ({src('rollout.tensor_parallel_size')}) x "
             f"{_n(replicas, 'replica')}, {path}"
         )
-    stage = f"pipeline stage {p.stage}" if lay.pp > 1 else "every GPU"
+    stage = f" of pipeline stage {p.stage}" if lay.pp > 1 else ""
     prec = cfg.actor.precision
     per_param = 12 if prec == "bf16" else 8
     dist_on = par.distributed_optimizer
     opt_used = f"{per_param} B x {_b(p.params)}" + (f" / dp {lay.dp}" if dist_on else "")
     lines += [
-        f"per GPU ({stage})                                  GiB",
+        f"{'per GPU' + stage:<50}GiB",
         _row(f"actor weights ({prec})", p.weights, f"{_b(p.params)} parameters on this GPU"),
         _row("actor gradients (fp32, grad_reduce_in_fp32)", p.grads, f"4 B x {_b(p.params)}"),
         _row(f"optimizer, {'distributed' if dist_on else 'not distributed'} (used)", p.optimizer,
