@@ -61,7 +61,7 @@ EOF
 }
 
 # One line per step for the table, read from its log.
-summary_tests() { grep -E '^=+ .* in [0-9.]+s' "$1" | tail -n1 | tr -d '='; }
+summary_tests() { grep -E '(passed|failed|skipped|deselected|errors?)\b.* in [0-9.]+s' "$1" | tail -n1 | tr -d '='; }
 summary_actor() {
     awk '/^megatron actor/ {printf "actor %s tokens/s, MFU %s; ", $(NF-2), $NF}
          /^HF baseline/ {printf "baseline %s tokens/s; ", $(NF-2)}
@@ -89,8 +89,10 @@ step() { # step NAME SECONDS SUMMARY COMMAND...
     ROWS+=("| $name | $status | $((SECONDS - start)) | $($summarize "$log") |")
 }
 
+per_test=()
+if "$PY" -c 'import pytest_timeout' 2>/dev/null; then per_test=(--timeout=150); fi
 step "gpu tests" 270 summary_tests "$PY" -m pytest -m gpu tests -q -rfEs -p no:cacheprovider \
-    --continue-on-collection-errors --timeout=150
+    --continue-on-collection-errors "${per_test[@]}"
 step "actor MFU" 80 summary_actor "$PY" benchmarks/actor_bench.py --card "$CARD" --impl local \
     --micro-batch-tokens 4096
 step "plan check" 60 summary_plan plan_check
