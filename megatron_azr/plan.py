@@ -23,17 +23,20 @@ Sources of the formulas:
   training has no separate main parameters: 4 + 4 + 8 (/ dp).
 - Activations: Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
   Models", section 4 / Table 2, redone for this layer (RMSNorm, GQA with q = heads x head_dim and
-  kv = groups x head_dim, SwiGLU with ffn size f, no dropout). Bytes per token and layer:
-  ``8h / sp`` (inputs of the two norms, of QKV and of fc1) ``+ (2(q + 2kv) + 2q + 6f) / tp``
-  (Q, K, V; attention output; fc1's gate and up; fc2's input), where sp = tp under sequence
-  parallelism and 1 otherwise; fused attention (Transformer Engine) adds fp32 softmax statistics
-  ``4 heads / tp``, megatron's unfused local attention Korthikanti's ``5 heads x s / tp`` (the
-  s x s scores). Full recompute stores only each layer's input (``2h / sp``) and recomputes one
-  layer at a time in the backward. 1F1B keeps ``pp - stage`` micro-batches in flight, scaled by
-  megatron's interleaving penalty ``1 + (pp - 1) / (pp x vpp)``. The last stage adds the
-  response rows' logits and their gradient (``2 x 2 x V / tp`` per token in bf16; the torch
-  log-prob reference three fp32 copies more). A micro-batch is ``actor.micro_batch_tokens``, or one
-  whole sequence when that is longer, and every row is counted as a response row (the upper bound).
+  kv = groups x head_dim, SwiGLU with ffn size f, no dropout). Bytes per token and layer, with e
+  bytes per element (2 in bf16, 4 in fp32): ``e (4h / sp`` (inputs of the two norms, of QKV and
+  of fc1) ``+ ((q + 2kv) + q + 3f) / tp)`` (Q, K, V; attention output; fc1's gate and up; fc2's
+  input), where sp = tp under sequence parallelism and 1 otherwise. Fused attention (Transformer
+  Engine) adds fp32 softmax statistics, ``4 heads / tp``; megatron's unfused local attention
+  keeps the s x s probabilities in fp32 and, in bf16 runs, their bf16 copy for the product with
+  V, ``(4 + 2) heads x s / tp`` (``FusedScaleMaskSoftmax.forward_torch_softmax`` and
+  ``DotProductAttention`` in megatron-core 0.16.1; dropout 0 stores nothing). Full recompute
+  stores only each layer's input (``e h / sp``) and recomputes one layer at a time in the
+  backward. 1F1B keeps ``pp - stage`` micro-batches in flight, scaled by megatron's interleaving
+  penalty ``1 + (pp - 1) / (pp x vpp)``. The last stage adds the response rows' logits and their
+  gradient (``2 e V / tp`` per row; the torch log-prob reference three fp32 copies more). A
+  micro-batch is ``actor.micro_batch_tokens``, or one whole sequence when that is longer, and
+  every row is counted as a response row (the upper bound).
 - vLLM: its share is ``gpu_memory_utilization x total memory`` (vLLM ``v1/worker/utils.py``
   ``request_memory``); the KV cache is what the share leaves after the weights, the profile run's
   activations and the CUDA-graph estimate (``v1/worker/gpu_worker.py``
@@ -198,26 +201,26 @@ def actor_state(cfg: Config, params: float, dp: int) -> tuple[float, float, floa
 def activations(cfg: Config, arch: ModelConfig, lay: Layout, stage: int) -> dict[str, float]:
     """Activation bytes of the update on one rank of ``stage`` (see the module docstring)."""
     h, q, kv, f = _dims(arch)
-    s, tp = micro_batch_tokens(cfg), lay.tp
+    s, tp, a = micro_batch_tokens(cfg), lay.tp, arch.num_attention_heads
     sp = tp if cfg.parallel.sequence_parallel and tp > 1 else 1
-    fused = _impl(cfg) == "transformer_engine"
-    attention = (
-        4 * arch.num_attention_heads / tp if fused else 5 * arch.num_attention_heads * s / tp
-    )
-    layer = s * (8 * h / sp + (2 * (q + 2 * kv) + 2 * q + 6 * f) / tp + attention)
+    e = 2 if cfg.actor.precision == "bf16" else 4  # bytes per activation element
+    if _impl(cfg) == "transformer_engine":
+        attention = 4 * a / tp  # fp32 softmax statistics per token and head
+    else:  # fp32 probabilities, and their bf16 copy in bf16 runs
+        attention = (4 + (e if e == 2 else 0)) * a * s / tp
+    layer = s * (e * (4 * h / sp + ((q + 2 * kv) + q + 3 * f) / tp) + attention)
     in_flight = float(lay.pp - stage)
     if cfg.parallel.vpp > 1:
         in_flight *= 1 + (lay.pp - 1) / (lay.pp * cfg.parallel.vpp)
     layers = arch.num_layers / lay.pp
     out: dict[str, float] = {}
     if cfg.actor.recompute == "full":
-        out["layer inputs"] = in_flight * layers * s * 2 * h / sp
+        out["layer inputs"] = in_flight * layers * s * e * h / sp
         out["one recomputed layer"] = layer
     else:
         out["stored layers"] = in_flight * layers * layer
     if stage == lay.pp - 1:
-        logit = 2 if cfg.actor.precision == "bf16" else 4
-        per_row = 2 * logit + (12 if cfg.actor.logprob_kernel == "torch" else 0)
+        per_row = 2 * e + (12 if cfg.actor.logprob_kernel == "torch" else 0)
         out["logits + gradient"] = s * arch.vocab_size / tp * per_row
     return out
 

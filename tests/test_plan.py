@@ -112,6 +112,32 @@ def test_14b_tp4_dp2_matches_the_hand_computation():
     check_against_hand(p, params=params, acts=acts, vllm_act=vllm_act, per_token=49_152, comms=4)
 
 
+def test_fp32_local_spec_matches_the_hand_computation():
+    """The workload measured on CPU in benchmarks/RESULTS.md ("azr plan against a measured
+    peak"): 4.46 GiB planned, 4.49 GiB measured above the process's memory before the build."""
+    cfg = load_config(None, [
+        "model.card=smollm2-135m", "actor.precision=fp32", "actor.transformer_impl=local",
+        "actor.micro_batch_tokens=4096", "actor.recompute=full",
+        "azr.max_prompt_tokens=16", "azr.max_response_tokens=1000",
+    ])  # fmt: skip
+    p = plan.plan_layout(cfg, plan.Layout(tp=1, pp=1, dp=1, rollout_tp=1), 1, H100)
+    # SmolLM2-135M: h 576, 9 heads x 64 (q 576), 3 KV groups (kv 192), ffn 1536, 30 layers,
+    # vocab 49152, tied: 30*(576*960 + 576*576 + 3*576*1536 + 2*576) + 49152*576 + 576.
+    params = 134_515_008
+    assert p.params == params
+    assert p.static == (4 + 4 + 8) * params  # fp32: no separate main weights
+    # fp32 activations (4 B), s = 4096 (the budget; one sequence is at most 1016 tokens):
+    #   layer inputs: 30 * 4096 * 4 * 576
+    #   one layer: 4096 * (4 * (4*576 + 960 + 576 + 3*1536) + 4 * 9 * 4096), the last term the
+    #     unfused attention's fp32 probabilities (no bf16 copy in fp32)
+    #   logits + gradient (chunked kernel): 4096 * 49152 * (4 + 4)
+    assert p.activations == {
+        "layer inputs": 30 * 4096 * 4 * 576,
+        "one recomputed layer": 4096 * (4 * 8448 + 147_456),
+        "logits + gradient": 4096 * 49152 * 8,
+    }
+
+
 @pytest.mark.parametrize("card", ["tiny", "qwen2.5-0.5b", "qwen2.5-coder-14b", "llama-3.1-8b"])
 @pytest.mark.parametrize(("tp", "pp"), [(1, 1), (2, 2)])
 def test_shards_add_up_to_the_card(card, tp, pp):
