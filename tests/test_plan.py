@@ -7,7 +7,7 @@ import math
 import re
 
 import pytest
-from test_slurm_scripts import ROOT, launched_config, sbatch_options
+from test_slurm_scripts import ROOT, launched_config, preflight, sbatch_options
 
 from megatron_azr import plan
 from megatron_azr.cli import main
@@ -152,7 +152,7 @@ def test_shards_add_up_to_the_card(card, tp, pp):
 
 
 @pytest.mark.parametrize("script", sorted(RECIPES))
-def test_recipe_fits_its_allocation(script, capsys):
+def test_recipe_fits_its_allocation(script, capsys, tmp_path):
     opts = sbatch_options(script)
     config = launched_config(script)
     nodes, gpus = int(opts["nodes"]), int(opts["gpus-per-node"])
@@ -164,6 +164,7 @@ def test_recipe_fits_its_allocation(script, capsys):
     last = out.splitlines()[-1]
     assert re.fullmatch(r"fits: yes \d+\.\d/79\.1", last), out
     cfg = recipe(config, rollout_tp)
+    preflight.check(load_config(config, [f"model.path={tmp_path}", rollout_tp]), nodes * gpus)
     replicas = nodes * gpus // RECIPES[script]
     assert f"rollout: vLLM tp {RECIPES[script]} (given) x {replicas} replica" in out
     assert "shard path" in out and f"tp {cfg.parallel.tp} (given)" in out
