@@ -60,56 +60,73 @@ def check_against_hand(p, *, params, acts, vllm_act, per_token, comms):
     assert p.peak == p.phases["generate"] and p.fits
 
 
-def test_7b_tp2_dp2_matches_the_hand_computation():
-    cfg = recipe("configs/azr_7b.yaml", "rollout.tensor_parallel_size=2")
-    p = plan.plan_layout(cfg, plan.Layout(tp=2, pp=1, dp=2, rollout_tp=2), 4, H100)
-    # Qwen2.5-Coder-7B: h 3584, 28 heads x 128 (q 3584), 4 KV groups (kv 512), ffn 18944,
-    # 28 layers, vocab 152064, untied, QKV bias.
-    # One layer, TP-sharded: 3584*(3584+2*512) + 3584*3584 + 3*3584*18944 + (3584+2*512)
-    #   = 16,515,072 + 12,845,056 + 203,685,888 + 4,608 = 233,050,624; replicated 2*3584 = 7,168.
-    # TP 2: 28*(233,050,624/2 + 7,168) + 2*152064*3584/2 + 3584 (final norm)
-    #   = 3,262,909,440 + 544,997,376 + 3,584
-    params = 3_807_910_400
-    # Activations, s = 16384 tokens, sequence parallel over 2, full recompute, TE attention:
-    #   layer inputs: 28 layers * 16384 * 2 B * 3584 / 2
-    #   one layer: 16384 * (8*3584/2 + (2*(3584+1024) + 2*3584 + 6*18944)/2 + 4*28/2)
-    #            = 16384 * (14336 + 65024 + 56)
-    #   logits + gradient: 16384 * 152064/2 * (2 + 2) B
-    acts = {
-        "layer inputs": 1_644_167_168,
-        "one recomputed layer": 16384 * 79416,
-        "logits + gradient": 4_982_833_152,
-    }
-    # vLLM profile run: 16384 tokens * 2 B * (3*3584 + 3584/2 + 2*256 + 2*18944/2)
-    #   + 256 seqs * 152064 * 4 B * 3; KV per token: 2 * 28 layers * 2 heads * 128 * 2 B.
-    vllm_act = 16384 * 2 * 32000 + 256 * 152064 * 12
-    check_against_hand(p, params=params, acts=acts, vllm_act=vllm_act, per_token=28_672, comms=4)
+# Hand computations of two recipe layouts, numbers written out.
+HAND = {
+    "7b": dict(
+        config="configs/azr_7b.yaml",
+        layout=plan.Layout(tp=2, pp=1, dp=2, rollout_tp=2),
+        world=4,
+        # Qwen2.5-Coder-7B: h 3584, 28 heads x 128 (q 3584), 4 KV groups (kv 512), ffn 18944,
+        # 28 layers, vocab 152064, untied, QKV bias.
+        # One layer, TP-sharded: 3584*(3584+2*512) + 3584*3584 + 3*3584*18944 + (3584+2*512)
+        #   = 16,515,072 + 12,845,056 + 203,685,888 + 4,608 = 233,050,624; replicated 2*3584.
+        # TP 2: 28*(233,050,624/2 + 7,168) + 2*152064*3584/2 + 3584 (final norm)
+        #   = 3,262,909,440 + 544,997,376 + 3,584
+        params=3_807_910_400,
+        # Activations, s = 16384 tokens, sequence parallel over 2, full recompute, TE attention:
+        #   layer inputs: 28 layers * 16384 * 2 B * 3584 / 2
+        #   one layer: 16384 * 2 * (4*3584/2 + ((3584+1024) + 3584 + 3*18944)/2) + 16384 * 4*28/2
+        #            = 16384 * (14336 + 65024 + 56)
+        #   logits + gradient: 16384 * 152064/2 * (2 + 2) B
+        acts={
+            "layer inputs": 1_644_167_168,
+            "one recomputed layer": 16384 * 79416,
+            "logits + gradient": 4_982_833_152,
+        },
+        # vLLM profile run: 16384 tokens * 2 B * (3*3584 + 3584/2 + 2*256 + 2*18944/2)
+        #   + 256 seqs * 152064 * 4 B * 3; KV per token: 2 * 28 layers * 2 heads * 128 * 2 B.
+        vllm_act=16384 * 2 * 32000 + 256 * 152064 * 12,
+        per_token=28_672,
+    ),
+    "14b": dict(
+        config="configs/azr_14b.yaml",
+        layout=plan.Layout(tp=4, pp=1, dp=2, rollout_tp=4),
+        world=8,
+        # Qwen2.5-Coder-14B: h 5120, 40 heads x 128 (q 5120), 8 KV groups (kv 1024), ffn 13824,
+        # 48 layers, vocab 152064, untied, QKV bias.
+        # One layer, TP-sharded: 5120*7168 + 5120*5120 + 3*5120*13824 + 7168
+        #   = 36,700,160 + 26,214,400 + 212,336,640 + 7,168 = 275,258,368; replicated 10,240.
+        # TP 4: 48*(275,258,368/4 + 10,240) + 2*152064*5120/4 + 5120
+        #   = 3,303,591,936 + 389,283,840 + 5,120
+        params=3_692_880_896,
+        # s = 16384, sequence parallel over 4:
+        #   layer inputs: 48 * 16384 * 2 * 5120 / 4
+        #   one layer: 16384 * 2 * (4*5120/4 + (7168 + 5120 + 3*13824)/4) + 16384 * 4*40/4
+        #            = 16384 * (10240 + 26880 + 40)
+        #   logits + gradient: 16384 * 152064/4 * 4
+        acts={
+            "layer inputs": 2_013_265_920,
+            "one recomputed layer": 16384 * 37160,
+            "logits + gradient": 2_491_416_576,
+        },
+        # vLLM TP 4: 16384 * 2 * (3*5120 + 1280 + 2*256 + 2*13824/4) + 256 * 152064 * 12;
+        # KV per token: 2 * 48 layers * 2 heads * 128 * 2 B.
+        vllm_act=16384 * 2 * 24064 + 256 * 152064 * 12,
+        per_token=49_152,
+    ),
+}
 
 
-def test_14b_tp4_dp2_matches_the_hand_computation():
-    cfg = recipe("configs/azr_14b.yaml", "rollout.tensor_parallel_size=4")
-    p = plan.plan_layout(cfg, plan.Layout(tp=4, pp=1, dp=2, rollout_tp=4), 8, H100)
-    # Qwen2.5-Coder-14B: h 5120, 40 heads x 128 (q 5120), 8 KV groups (kv 1024), ffn 13824,
-    # 48 layers, vocab 152064, untied, QKV bias.
-    # One layer, TP-sharded: 5120*7168 + 5120*5120 + 3*5120*13824 + 7168
-    #   = 36,700,160 + 26,214,400 + 212,336,640 + 7,168 = 275,258,368; replicated 10,240.
-    # TP 4: 48*(275,258,368/4 + 10,240) + 2*152064*5120/4 + 5120
-    #   = 3,303,591,936 + 389,283,840 + 5,120
-    params = 3_692_880_896
-    # s = 16384, sequence parallel over 4:
-    #   layer inputs: 48 * 16384 * 2 * 5120 / 4
-    #   one layer: 16384 * (8*5120/4 + (2*7168 + 2*5120 + 6*13824)/4 + 4*40/4)
-    #            = 16384 * (10240 + 26880 + 40)
-    #   logits + gradient: 16384 * 152064/4 * 4
-    acts = {
-        "layer inputs": 2_013_265_920,
-        "one recomputed layer": 16384 * 37160,
-        "logits + gradient": 2_491_416_576,
-    }
-    # vLLM TP 4: 16384 * 2 * (3*5120 + 1280 + 2*256 + 2*13824/4) + 256 * 152064 * 12;
-    # KV per token: 2 * 48 layers * 2 heads * 128 * 2 B.
-    vllm_act = 16384 * 2 * 24064 + 256 * 152064 * 12
-    check_against_hand(p, params=params, acts=acts, vllm_act=vllm_act, per_token=49_152, comms=4)
+@pytest.mark.parametrize("model", sorted(HAND))
+def test_plan_matches_the_hand_computation(model):
+    case = HAND[model]
+    lay = case["layout"]
+    cfg = recipe(case["config"], f"rollout.tensor_parallel_size={lay.rollout_tp}")
+    p = plan.plan_layout(cfg, lay, case["world"], H100)
+    check_against_hand(
+        p, params=case["params"], acts=case["acts"], vllm_act=case["vllm_act"],
+        per_token=case["per_token"], comms=4,
+    )  # fmt: skip
 
 
 def test_fp32_local_spec_matches_the_hand_computation():
