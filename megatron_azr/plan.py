@@ -104,8 +104,9 @@ class VllmMemory:
     cuda_graphs: float
     kv_cache: float
     kv_bytes_per_token: int
-    seq_len: int
-    sequences: int  # of seq_len tokens, per replica
+    max_model_len: int
+    seq_len: int  # the configured prompt + response
+    sequences: int  # of seq_len tokens at once, per replica
 
     @property
     def tokens(self) -> int:
@@ -256,12 +257,13 @@ def vllm_memory(cfg: Config, arch: ModelConfig, rtp: int, capacity: float) -> Vl
     graphs = 0.0 if cfg.rollout.enforce_eager else CUDA_GRAPH_BYTES
     kv_cache = share - weights - (tokens + sampler) - graphs
     per_token = 2 * arch.num_layers * kv_r * elem
-    length = cfg.rollout.max_model_len or arch.max_position_embeddings
+    max_len = cfg.rollout.max_model_len or arch.max_position_embeddings
     blocks = int(kv_cache // (per_token * VLLM_BLOCK_TOKENS)) if kv_cache > 0 else 0
-    sequences = blocks // -(-length // VLLM_BLOCK_TOKENS)
+    sequences = blocks // -(-seq_len(cfg) // VLLM_BLOCK_TOKENS)
     return VllmMemory(
-        share, weights, tokens + sampler, graphs, kv_cache, per_token, length, sequences
-    )
+        share, weights, tokens + sampler, graphs, kv_cache, per_token, max_len, seq_len(cfg),
+        sequences,
+    )  # fmt: skip
 
 
 # -- the plan -------------------------------------------------------------------------------
@@ -351,10 +353,12 @@ def _memory_refusals(p: Plan) -> list[str]:
             f"({v.share / GiB:.1f} GiB) by {-v.kv_cache / GiB:.1f} GiB: raise "
             "rollout.gpu_memory_utilization or rollout.tensor_parallel_size"
         )
-    elif v is not None and v.sequences < 1:
+    elif v is not None and v.tokens < v.max_model_len:
+        # vLLM refuses to start when one max_model_len sequence does not fit its KV cache.
         out.append(
-            f"vLLM's KV cache ({v.kv_cache / GiB:.2f} GiB) holds no sequence of {v.seq_len} "
-            "tokens: raise rollout.gpu_memory_utilization or rollout.tensor_parallel_size"
+            f"vLLM's KV cache ({v.kv_cache / GiB:.2f} GiB) holds no sequence of max_model_len "
+            f"{v.max_model_len} tokens: raise rollout.gpu_memory_utilization or "
+            "rollout.tensor_parallel_size"
         )
     name, peak = max(p.phases.items(), key=lambda kv: kv[1])
     if peak > p.capacity:

@@ -213,6 +213,9 @@ def test_plan_chooses_the_layout_when_the_config_does_not_give_it(capsys):
     assert rc == 0
     assert "layout: tp 8 (chosen) x pp 1 (chosen) x dp 1" in out[1]
     assert out[2].startswith("rollout: vLLM tp 8 (chosen) x 1 replica, shard path")
+    # Sequences of the configured prompt + response (6144 + 8096), though max_model_len is the
+    # model's 32768 here.
+    assert any("sequences of 14240 per replica" in line for line in out)
     # Given values are kept, and a layout that does not fit is refused with the overflow.
     rc, out = run_plan(capsys, *args, "rollout.engine=vllm", "parallel.tp=2")
     assert rc == 1 and "tp 2 (given)" in out[1]
@@ -234,7 +237,7 @@ def test_plan_chooses_the_layout_when_the_config_does_not_give_it(capsys):
     (["rollout.tensor_parallel_size=1"],
      "vLLM's weights, activations and CUDA graphs overflow its share (27.7 GiB) by 2.8 GiB"),
     (["rollout.gpu_memory_utilization=0.12", "rollout.tensor_parallel_size=4"],
-     "vLLM's KV cache (0.44 GiB) holds no sequence of 14240 tokens"),
+     "vLLM's KV cache (0.44 GiB) holds no sequence of max_model_len 14240 tokens"),
 ])  # fmt: skip
 def test_plan_refuses_what_does_not_divide_or_fit(capsys, overrides, refusal):
     rc, out = run_plan(
