@@ -551,13 +551,20 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         return 2
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "plan", help="per-GPU memory of a run and its parallel layout, before submitting it"
     )
     p.add_argument("--model", default="", metavar="CARD", help="model card (default: config's)")
-    p.add_argument("--nodes", type=int, required=True)
-    p.add_argument("--gpus-per-node", type=int, required=True)
+    p.add_argument("--nodes", type=_positive, required=True)
+    p.add_argument("--gpus-per-node", type=_positive, required=True)
     p.add_argument(
         "--gpu-memory", type=float, default=DEFAULT_GPU_GIB, metavar="GIB",
         help=f"memory of one GPU as CUDA reports it (default {DEFAULT_GPU_GIB}: an 80 GB H100)",

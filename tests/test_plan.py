@@ -273,3 +273,9 @@ def test_rank_map_follows_megatrons_rank_order():
             assert [place[r][pos] for r in group] == list(range(len(group))), (kind, group)
     assert [place[r][:2] for r in (0, 3, 4, 7)] == [(0, 0), (0, 3), (1, 0), (1, 3)]
     assert [place[r][5:] for r in (0, 3, 4, 7)] == [(0, 0), (0, 3), (1, 0), (1, 3)]
+
+
+def test_plan_needs_at_least_one_gpu(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "--model", "tiny", "--nodes", "0", "--gpus-per-node", "8"])
+    assert e.value.code == 2 and "--nodes: must be >= 1, got 0" in capsys.readouterr().err
