@@ -64,11 +64,11 @@ GiB = 2**30
 # An 80 GB H100 as CUDA reports it ("total capacity of 79.10 GiB" in PyTorch's OOM message).
 DEFAULT_GPU_GIB = 79.1
 
-# The reserve: memory that PyTorch's allocator does not show.
-# CUDA context (~0.5 GiB on Hopper with lazy module loading) plus cuBLAS / TE workspaces.
+# The reserve: memory that PyTorch's allocator does not show. Estimates, not measurements.
+# CUDA context (with lazy module loading) plus cuBLAS / TE workspaces.
 CONTEXT_BYTES = 1.0 * GiB
-# vLLM's decode graphs up to max_num_seqs (vLLM logs 0.5-1.5 GiB for models of this size). Newer
-# vLLM takes its estimate from the share, older vLLM allocates beside it: counted both ways.
+# vLLM's decode graphs up to max_num_seqs (vLLM logs the real figure when it captures them).
+# Newer vLLM takes its estimate from the share, older vLLM allocates beside it: counted both ways.
 CUDA_GRAPH_BYTES = 1.0 * GiB
 # Per NCCL communicator a GPU takes part in: 544-688 MiB measured per process group on A100
 # NVLink (NVIDIA/nccl#964); NVLS on NVSwitch systems takes more (NCCL_NVLS_ENABLE=0 saves it).
@@ -76,6 +76,8 @@ NCCL_BYTES = 0.75 * GiB
 # The caching allocator without expandable segments (vLLM's sleep mode refuses them).
 FRAGMENTATION = 0.03  # of capacity
 
+# vLLM's max_num_batched_tokens for LLM() on GPUs of 70 GiB and more (engine/arg_utils.py); the
+# engine does not set it.
 VLLM_BATCHED_TOKENS = 16384
 VLLM_BLOCK_TOKENS = 16
 VLLM_VOCAB_PAD = 64  # vLLM pads the vocabulary of its embedding and head to a multiple of this
@@ -84,8 +86,6 @@ PHASES = {
     "update": "actor state + activations + reserve",
     "weight push": "actor state + vLLM weights + resharding staging + reserve",
 }
-# Keys whose absence from the config file and the overrides lets the plan choose.
-CHOSEN_KEYS = ("parallel.tp", "parallel.pp", "rollout.tensor_parallel_size")
 
 
 @dataclass(frozen=True)
