@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a Python that imports torch, in a subprocess
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script runs every check")
 def test_gpu_check_without_cuda_says_so_and_runs_nothing(tmp_path):
     logs = tmp_path / "logs"
