@@ -19,6 +19,8 @@
 #   NCCL_DEBUG      NCCL log level (default WARN; INFO or TRACE to debug a hang)
 #   WANDB_RUN_ID    wandb run id (default: derived from the run directory, so that requeued and
 #                   resubmitted jobs log to one wandb run)
+#   AZR_DRY_RUN     1: after the preflight, print `azr plan` (memory table, every rank's place)
+#                   and every srun line the job would run, and start nothing
 #
 # Requeue: the scripts ask for `--requeue --signal=B:USR1@<seconds>`. Before the time limit
 # Slurm sends SIGUSR1 to this shell, which requeues the job (same job id, so the same output
@@ -82,6 +84,7 @@ azr_launch() {
     local -a overrides=("$@" "run.output_dir=$out")
     "$AZR_PYTHON" slurm/preflight.py --world "$SLURM_NTASKS" "$config" "${overrides[@]}" ||
         return $?
+    [[ -z ${AZR_DRY_RUN:-} ]] || _azr_dry_run "$config" "${overrides[@]}"
 
     # srun runs in the background: bash runs a trap only between commands, and `wait`
     # returns as soon as a signal arrives.
@@ -95,6 +98,30 @@ azr_launch() {
         wait "$pid" || rc=$?
     done
     return "$rc"
+}
+
+# The dry run replaces srun with a function that prints its command line and returns the plan's
+# status, so every srun the launch code reaches is shown exactly as it would run, and a layout
+# that does not fit fails the job.
+_azr_dry_run() {
+    local config=$1 gpus=${SLURM_GPUS_PER_NODE:-} rc=0
+    shift
+    gpus=${gpus##*:} # "h100:8" -> 8
+    if [[ ! $gpus =~ ^[1-9][0-9]*$ ]]; then # a CPU allocation: the recipes' one task per GPU
+        gpus=${SLURM_NTASKS_PER_NODE:-$((SLURM_NTASKS / SLURM_JOB_NUM_NODES))}
+    fi
+    local i=0 host
+    for host in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do
+        echo "azr dry run: node $i = $host"
+        i=$((i + 1))
+    done
+    "$AZR_PYTHON" -m megatron_azr.cli plan --config "$config" --nodes "$SLURM_JOB_NUM_NODES" \
+        --gpus-per-node "$gpus" --ranks "$@" || rc=$?
+    _AZR_DRY_RC=$rc
+    srun() {
+        echo "azr dry run: srun$(printf ' %q' "$@")"
+        return "$_AZR_DRY_RC"
+    }
 }
 
 azr_array_entry() {
