@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from typing import Any
 
@@ -44,9 +45,17 @@ def open_sampler(interval: float) -> GpuSampler | None:
 
 def _handle(nvml: Any, device: int) -> Any:
     """NVML's handle of torch's ``device``: by UUID, since NVML numbers every GPU of the node
-    while torch numbers the visible ones (CUDA_VISIBLE_DEVICES)."""
+    while torch numbers the visible ones (CUDA_VISIBLE_DEVICES); by index when all are
+    visible (torch prints the UUID without NVML's "GPU-" prefix)."""
     uuid = str(torch.cuda.get_device_properties(device).uuid)
-    return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    try:
+        return nvml.nvmlDeviceGetHandleByUUID(
+            uuid if uuid[:4] in ("GPU-", "MIG-") else f"GPU-{uuid}"
+        )
+    except nvml.NVMLError:
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):
+            raise
+        return nvml.nvmlDeviceGetHandleByIndex(device)
 
 
 class GpuSampler:
