@@ -1,5 +1,4 @@
-"""Communication accounting and nccl-tests' bandwidth formulas, in one gloo process (a world of
-one: every collective really runs, through the same ProcessGroup methods as in a job)."""
+"""Communication accounting and nccl-tests' bandwidth formulas, in one gloo process."""
 
 import json
 
@@ -9,17 +8,6 @@ import torch.distributed as dist
 
 from megatron_azr.telemetry import comm
 from megatron_azr.telemetry.comm import CommStat, Key
-from megatron_azr.train.dist import free_port
-
-
-@pytest.fixture(scope="module")
-def world():
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
-                                world_size=1)  # fmt: skip
-    yield dist.group.WORLD
-    dist.destroy_process_group()
-
 
 # -- nccl-tests' formulas ---------------------------------------------------------------------
 

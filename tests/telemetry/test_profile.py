@@ -11,16 +11,6 @@ import torch.distributed as dist
 from megatron_azr.config import ConfigError, load_config
 from megatron_azr.telemetry.config import ProfileConfig
 from megatron_azr.telemetry.profile import Telemetry, trace_path
-from megatron_azr.train.dist import free_port
-
-
-@pytest.fixture(scope="module")
-def world():
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
-                                world_size=1)  # fmt: skip
-    yield
-    dist.destroy_process_group()
 
 
 def test_profile_section_loads_and_says_what_is_traced():
