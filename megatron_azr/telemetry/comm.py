@@ -82,13 +82,14 @@ _SHORT_NAMES = {
     "TENSOR_MODEL_PARALLEL_GROUP": "tp",
     "PIPELINE_MODEL_PARALLEL_GROUP": "pp",
     "DATA_PARALLEL_GROUP": "dp",
-    "DATA_PARALLEL_GROUP_WITH_CP": "dp_cp",
+    # Without context parallelism megatron's DP group is this one (the project has no CP).
+    "DATA_PARALLEL_GROUP_WITH_CP": "dp",
     "CONTEXT_PARALLEL_GROUP": "cp",
     "MODEL_PARALLEL_GROUP": "mp",
     "EMBEDDING_GROUP": "embd",
     "POSITION_EMBEDDING_GROUP": "pos_embd",
     "TENSOR_AND_DATA_PARALLEL_GROUP": "tp_dp",
-    "TENSOR_AND_DATA_PARALLEL_GROUP_WITH_CP": "tp_dp_cp",
+    "TENSOR_AND_DATA_PARALLEL_GROUP_WITH_CP": "tp_dp",
     "TENSOR_AND_CONTEXT_PARALLEL_GROUP": "tp_cp",
     "INTRA_DISTRIBUTED_OPTIMIZER_INSTANCE_GROUP": "dist_opt",
 }
@@ -270,7 +271,7 @@ class CommAccounting:
         """The stats since the last call (added to the run's totals); reads pending CUDA
         events, which waits for the collectives issued so far."""
         if self._pending:
-            self._pending[-1][2].synchronize()
+            torch.cuda.synchronize()  # events may sit on several streams
             for stat, start, end in self._pending:
                 stat.time_s += start.elapsed_time(end) / 1e3
             self._pending.clear()

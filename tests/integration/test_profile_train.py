@@ -61,15 +61,18 @@ def test_profiled_tp2_run_traces_each_rank_and_accounts_parameter_bytes(tmp_path
     param_bytes = tp_shard_parameters(card, 2) * 4  # fp32 parameters, fp32 gradient buffer
     rows = [json.loads(x) for x in (out / "profile" / "ranks.jsonl").read_text().splitlines()]
     step2 = {r["rank"]: r["comm"] for r in rows if r["step"] == 2}
-    for rank in (0, 1):  # DDP's gradient all-reduce: the whole gradient buffer
-        assert step2[rank]["comm/grad_sync/dp/all_reduce/bytes"] == param_bytes
+    for rank in (0, 1):
+        # megatron's finalize_model_grads: DDP's all-reduce of the whole gradient buffer, and
+        # the all-reduce of the step's token count (one int32) over the same group.
+        assert step2[rank]["comm/grad_sync/dp/all_reduce/count"] == 2
+        assert step2[rank]["comm/grad_sync/dp/all_reduce/bytes"] == param_bytes + 4
     # Resharding into rank 0's engine: rank 1 sends every shard it holds, rank 0 receives it.
     assert step2[1]["comm/reshard/world/send/bytes"] == param_bytes
     assert step2[0]["comm/reshard/world/recv/bytes"] == param_bytes
 
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     m = metrics[1]
-    assert m["comm/grad_sync/dp/all_reduce/bytes"] == param_bytes  # rank 0's, per step
+    assert m["comm/grad_sync/dp/all_reduce/bytes"] == param_bytes + 4  # rank 0's, per step
     assert {"straggler/update/max_s", "straggler/update/slowest_rank"} <= set(m)
     assert m["straggler/update/slowest_rank"] in (0.0, 1.0)
     assert not any(k.startswith("gpu/") for k in m)
