@@ -48,6 +48,7 @@ def test_profiled_tp2_run_traces_each_rank_and_accounts_parameter_bytes(tmp_path
     r = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
 
+    card = yaml.safe_load((ROOT / "configs/models/tiny.yaml").read_text())
     for rank in (0, 1):
         trace = out / "profile" / "torch" / f"rank{rank}_step2.json"
         events = json.loads(trace.read_text())["traceEvents"]
@@ -56,8 +57,10 @@ def test_profiled_tp2_run_traces_each_rank_and_accounts_parameter_bytes(tmp_path
         assert any(n.startswith("c10d::allreduce") for n in names), rank
         assert any(n.startswith("gloo:") for n in names), rank
         assert not (out / "profile" / "torch" / f"rank{rank}_step1.json").exists()
+        if rank == 1:  # its shards on their way to rank 0's engine, with their size
+            [send] = [e for e in events if e.get("name") == "c10d::send"]
+            assert send["args"]["Input Dims"][0] == [[tp_shard_parameters(card, 2)]]
 
-    card = yaml.safe_load((ROOT / "configs/models/tiny.yaml").read_text())
     param_bytes = tp_shard_parameters(card, 2) * 4  # fp32 parameters, fp32 gradient buffer
     rows = [json.loads(x) for x in (out / "profile" / "ranks.jsonl").read_text().splitlines()]
     step2 = {r["rank"]: r["comm"] for r in rows if r["step"] == 2}
