@@ -55,7 +55,8 @@ _azr_env() {
 }
 
 # Profiling and hang post-mortems (README "Profiling"). Knobs (environment, all optional):
-#   TORCH_NCCL_TRACE_BUFFER_SIZE  NCCL flight recorder entries per rank (default 2000, 0 = off);
+#   TORCH_NCCL_TRACE_BUFFER_SIZE  NCCL flight recorder entries per rank (default 20000,
+#                   torchtitan's; 0 = off);
 #                   on a collective timeout (profile.pg_timeout_minutes) every rank dumps them to
 #                   <run>/flight_recorder/nccl_trace_rank_<rank>; read the dumps with
 #                   `torchfrtrace <run>/flight_recorder --prefix nccl_trace_rank_`
@@ -65,7 +66,7 @@ _azr_env() {
 _azr_profile() {
     local out=$1 config=$2
     shift 2
-    export TORCH_NCCL_TRACE_BUFFER_SIZE=${TORCH_NCCL_TRACE_BUFFER_SIZE:-2000}
+    export TORCH_NCCL_TRACE_BUFFER_SIZE=${TORCH_NCCL_TRACE_BUFFER_SIZE:-20000}
     export TORCH_NCCL_DUMP_ON_TIMEOUT=${TORCH_NCCL_DUMP_ON_TIMEOUT:-1}
     export TORCH_NCCL_DEBUG_INFO_TEMP_FILE=${TORCH_NCCL_DEBUG_INFO_TEMP_FILE:-$out/flight_recorder/nccl_trace_rank_}
     mkdir -p "$(dirname "$TORCH_NCCL_DEBUG_INFO_TEMP_FILE")"

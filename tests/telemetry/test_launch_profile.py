@@ -44,7 +44,7 @@ def profile_env(tmp_path, *overrides, nsys=True):
 def test_flight_recorder_is_on_and_its_dump_place_is_in_the_log(tmp_path):
     r, env, out = profile_env(tmp_path, nsys=False)
     assert r.returncode == 0, r.stderr
-    assert env["TORCH_NCCL_TRACE_BUFFER_SIZE"] == "2000"
+    assert env["TORCH_NCCL_TRACE_BUFFER_SIZE"] == "20000"
     assert env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
     assert env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] == f"{out}/flight_recorder/nccl_trace_rank_"
     assert (out / "flight_recorder").is_dir()
