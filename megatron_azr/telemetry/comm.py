@@ -241,28 +241,41 @@ class CommAccounting:
     ) -> Any:
         op, sized, times_n = spec
         name, n = self._group(pg)
-        nbytes = _nbytes(args[sized]) if 0 <= sized < len(args) else 0
+        nbytes = (_nbytes(args[sized]) if 0 <= sized < len(args) else 0) * (n if times_n else 1)
         stat = self._step.setdefault(Key(self.phase, name, n, op), CommStat())
         stat.count += 1
-        stat.bytes += nbytes * (n if times_n else 1)
-        if not _is_sync(pg, args, kwargs):
-            return orig(pg, *args, **kwargs)
+        stat.bytes += nbytes
         t = _first_tensor(args)
-        if t is not None and t.is_cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            work = orig(pg, *args, **kwargs)
-            work.wait()  # the current stream waits for the collective (the caller does too)
-            end.record()
-            self._pending.append((stat, start, end))
+        cuda = t is not None and t.is_cuda
+        if not _is_sync(pg, args, kwargs) or (cuda and torch.cuda.is_current_stream_capturing()):
+            return orig(pg, *args, **kwargs)  # not timed (nor CUDA events in a graph capture)
+        if cuda:
+            work = self._cuda_timed(stat, orig, pg, args, kwargs)
         else:
             t0 = time.perf_counter()
             work = orig(pg, *args, **kwargs)
             work.wait()
             stat.time_s += time.perf_counter() - t0
         stat.timed_count += 1
-        stat.timed_bytes += nbytes * (n if times_n else 1)
+        stat.timed_bytes += nbytes
+        return work
+
+    def _cuda_timed(
+        self,
+        stat: CommStat,
+        orig: Callable[..., Any],
+        pg: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Issue between two events on the current stream, read at :meth:`take`."""
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        work = orig(pg, *args, **kwargs)
+        work.wait()  # the current stream waits for the collective (the caller does too)
+        end.record()
+        self._pending.append((stat, start, end))
         return work
 
     # -- results -----------------------------------------------------------------------------
