@@ -83,7 +83,7 @@ _azr_profile() {
     ranks=$("$AZR_PYTHON" -m megatron_azr.telemetry.nsys "$config" "$@") || return 2
     export AZR_NSYS_RANKS=$ranks AZR_NSYS_OUT=$out/profile/nsys AZR_NSYS_PYTHON=$AZR_PYTHON
     mkdir -p "$AZR_NSYS_OUT"
-    AZR_PYTHON=$AZR_ROOT/slurm/nsys_python.sh # srun starts each task through it
+    AZR_PYTHON=$AZR_ROOT/slurm/nsys_python # srun starts each task through it
     echo "azr: nsys on ranks $ranks: $AZR_NSYS_OUT/rank<N>.nsys-rep"
 }
 

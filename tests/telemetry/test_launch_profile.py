@@ -56,7 +56,7 @@ def test_nsys_wraps_only_the_traced_ranks(tmp_path):
     r, env, out = profile_env(tmp_path, "profile.steps=[2,3]", "profile.ranks=[1]")
     assert r.returncode == 0, r.stderr
     wrapper = env["AZR_PYTHON"]
-    assert wrapper.endswith("slurm/nsys_python.sh") and "nsys on ranks 1:" in r.stdout
+    assert wrapper.endswith("slurm/nsys_python") and "nsys on ranks 1:" in r.stdout
     log = tmp_path / "nsys.log"
     task_env = {**os.environ, **env, "NSYS_LOG": str(log), "PATH": f"{tmp_path / 'bin'}:"
                 f"{os.environ['PATH']}"}  # fmt: skip
