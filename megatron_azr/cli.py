@@ -18,6 +18,7 @@ _ROOMS: tuple[str, ...] = (
     "megatron_azr.train.cli",
     "megatron_azr.models.cli",
     "megatron_azr.plan",
+    "megatron_azr.telemetry.cli",
 )
 
 

@@ -28,7 +28,7 @@ from megatron_azr.azr.config import AZRConfig
 from megatron_azr.executor.config import ExecutorConfig
 from megatron_azr.models.config import REPO_ROOT, ModelSection
 from megatron_azr.rollout.config import RolloutConfig
-from megatron_azr.telemetry.config import LoggingConfig
+from megatron_azr.telemetry.config import LoggingConfig, ProfileConfig
 from megatron_azr.train.config import ActorConfig, ParallelConfig
 
 T = TypeVar("T")
@@ -69,6 +69,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def __post_init__(self) -> None:
         if self.actor.kl_coef > 0:

@@ -48,6 +48,7 @@ from megatron_azr.rollout.transport import keep_freed_host_memory
 from megatron_azr.seed import ensure_seed_files
 from megatron_azr.telemetry.logs import setup_logging
 from megatron_azr.telemetry.metrics import MetricsLogger
+from megatron_azr.telemetry.profile import Telemetry
 from megatron_azr.telemetry.rollouts import dump_rollouts, summary
 from megatron_azr.train.actor import Actor
 from megatron_azr.train.config import Precision
@@ -72,7 +73,7 @@ def train(cfg: Config, build_engine: EngineBuilder = build_rollout_engine) -> di
     out = Path(cfg.run.output_dir)
     if not torch.cuda.is_available():
         keep_freed_host_memory()  # resharding's tensor churn on CPU (rollout/transport.py)
-    init_process_group()
+    init_process_group(cfg.profile.pg_timeout_minutes)
     rank = dist.get_rank()
     setup_logging(cfg.logging.level, out / "logs" / f"rank{rank}.log", rank=rank)
     leader = rank == 0
@@ -103,6 +104,8 @@ def train(cfg: Config, build_engine: EngineBuilder = build_rollout_engine) -> di
             if leader
             else None
         )
+        telemetry = stack.enter_context(Telemetry(cfg.profile, out))
+        telemetry.instrument(actor, engine, executor)
         # The engine starts from the actor's weights, streamed through the resharding path.
         engine.push_weights(actor)
         _release_cached_memory()
@@ -128,24 +131,26 @@ def train(cfg: Config, build_engine: EngineBuilder = build_rollout_engine) -> di
         ):
             t0 = time.perf_counter()
             times: dict[str, float] = {}
-            with _timed(times, "rollout"):
-                engine.wake_up()
-                # Rollout seeds depend on (run seed, step) only: a resumed run replays exactly.
-                result = selfplay.run(step, rollout_seed=_step_seed(cfg.run.seed, step))
-                engine.sleep()
-            samples = result.samples()
-            with _timed(times, "update"):
-                update = actor.update(samples) if samples else {}
-                _release_cached_memory()
-            if step < cfg.run.steps:  # no rollout follows the last update
-                with _timed(times, "reshard"):
-                    engine.push_weights(actor)
+            with telemetry.step(step):
+                with _timed(times, "rollout", telemetry):
+                    engine.wake_up()
+                    # Rollout seeds depend on (run seed, step) only: a resumed run replays.
+                    result = selfplay.run(step, rollout_seed=_step_seed(cfg.run.seed, step))
+                    engine.sleep()
+                samples = result.samples()
+                with _timed(times, "update", telemetry):
+                    update = actor.update(samples) if samples else {}
                     _release_cached_memory()
+                if step < cfg.run.steps:  # no rollout follows the last update
+                    with _timed(times, "reshard", telemetry):
+                        engine.push_weights(actor)
+                        _release_cached_memory()
             times["time/step_s"] = time.perf_counter() - t0
             metrics = {
                 **result.metrics,
                 **{f"actor/{k}": v for k, v in update.items()},
                 **times,
+                **telemetry.end_step(step),  # collective; rank 0's metrics
                 "samples": float(len(samples)),
             }
             if metrics_log is not None and step % cfg.logging.log_every == 0:
@@ -155,7 +160,8 @@ def train(cfg: Config, build_engine: EngineBuilder = build_rollout_engine) -> di
                 dump_rollouts(out, step, rows, cfg.logging.rollout_dump_rate, cfg.run.seed)
             logger.info("step %d: %s", step, _summary(metrics))
             if step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:
-                save_checkpoint(actor, buffers, step, out, cfg.run.keep_checkpoints)
+                with telemetry.phase("checkpoint"):  # reported with the next step
+                    save_checkpoint(actor, buffers, step, out, cfg.run.keep_checkpoints)
     if leader and metrics:
         print(summary(out, cfg.run.steps, metrics), flush=True)
     return metrics
@@ -399,9 +405,10 @@ def _summary(metrics: dict[str, float]) -> str:
 
 
 @contextmanager
-def _timed(spans: dict[str, float], name: str) -> Iterator[None]:
+def _timed(spans: dict[str, float], name: str, telemetry: Telemetry) -> Iterator[None]:
     t0 = time.perf_counter()
     try:
-        yield
+        with telemetry.phase(name):
+            yield
     finally:
         spans[f"time/{name}_s"] = time.perf_counter() - t0

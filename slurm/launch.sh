@@ -56,6 +56,39 @@ _azr_env() {
     export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 }
 
+# Profiling and hang post-mortems (README "Profiling"). Knobs (environment, all optional):
+#   TORCH_NCCL_TRACE_BUFFER_SIZE  NCCL flight recorder entries per rank (default 20000,
+#                   torchtitan's; 0 = off);
+#                   on a collective timeout (profile.pg_timeout_minutes) every rank dumps them to
+#                   <run>/flight_recorder/nccl_trace_rank_<rank>; read the dumps with
+#                   `torchfrtrace <run>/flight_recorder --prefix nccl_trace_rank_`
+#   AZR_NSYS=1      run the ranks of profile.ranks under `nsys profile`, capturing the steps
+#                   of profile.steps, into <run>/profile/nsys/rank<N>.nsys-rep
+#   AZR_NSYS_ARGS   more `nsys profile` arguments (e.g. "--gpu-metrics-devices=all")
+_azr_profile() {
+    local out=$1 config=$2
+    shift 2
+    export TORCH_NCCL_TRACE_BUFFER_SIZE=${TORCH_NCCL_TRACE_BUFFER_SIZE:-20000}
+    export TORCH_NCCL_DUMP_ON_TIMEOUT=${TORCH_NCCL_DUMP_ON_TIMEOUT:-1}
+    export TORCH_NCCL_DEBUG_INFO_TEMP_FILE=${TORCH_NCCL_DEBUG_INFO_TEMP_FILE:-$out/flight_recorder/nccl_trace_rank_}
+    mkdir -p "$(dirname "$TORCH_NCCL_DEBUG_INFO_TEMP_FILE")"
+    echo "azr: NCCL flight recorder: $TORCH_NCCL_TRACE_BUFFER_SIZE entries per rank, dumped on" \
+        "a collective timeout to ${TORCH_NCCL_DEBUG_INFO_TEMP_FILE}<rank>;" \
+        "read: torchfrtrace $(dirname "$TORCH_NCCL_DEBUG_INFO_TEMP_FILE")" \
+        "--prefix $(basename "$TORCH_NCCL_DEBUG_INFO_TEMP_FILE")"
+    [[ ${AZR_NSYS:-0} == 1 ]] || return 0
+    command -v nsys >/dev/null || {
+        echo "azr: AZR_NSYS=1 but nsys is not on PATH" >&2
+        return 2
+    }
+    local ranks
+    ranks=$("$AZR_PYTHON" -m megatron_azr.telemetry.nsys "$config" "$@") || return 2
+    export AZR_NSYS_RANKS=$ranks AZR_NSYS_OUT=$out/profile/nsys AZR_NSYS_PYTHON=$AZR_PYTHON
+    mkdir -p "$AZR_NSYS_OUT"
+    AZR_PYTHON=$AZR_ROOT/slurm/nsys_python # srun starts each task through it
+    echo "azr: nsys on ranks $ranks: $AZR_NSYS_OUT/rank<N>.nsys-rep"
+}
+
 _azr_on_usr1() {
     echo "azr: SIGUSR1 (time limit near): requeueing job $SLURM_JOB_ID;" \
         "it resumes from $_AZR_OUT/checkpoints/latest" >&2
@@ -84,7 +117,9 @@ azr_launch() {
     local -a overrides=("$@" "run.output_dir=$out")
     "$AZR_PYTHON" slurm/preflight.py --world "$SLURM_NTASKS" "$config" "${overrides[@]}" ||
         return $?
+    # The dry run's plan runs on the plain interpreter; its printed srun lines show nsys if asked.
     [[ -z ${AZR_DRY_RUN:-} ]] || _azr_dry_run "$config" "${overrides[@]}"
+    _azr_profile "$out" "$config" "${overrides[@]}" || return $?
 
     # srun runs in the background: bash runs a trap only between commands, and `wait`
     # returns as soon as a signal arrives.

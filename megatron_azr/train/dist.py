@@ -20,6 +20,9 @@ from megatron_azr.train.config import ParallelConfig
 
 logger = logging.getLogger(__name__)
 
+# Set by init_process_group; megatron's groups get the same timeout (profile.pg_timeout_minutes).
+_timeout_minutes = 30
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -60,12 +63,14 @@ def _env_from_slurm() -> None:
 
 def init_process_group(timeout_minutes: int = 30) -> None:
     """torch.distributed with NCCL when CUDA is present, else gloo (+ the CPU compat layer)."""
+    global _timeout_minutes
     if not torch.cuda.is_available():
         from megatron_azr.train import cpu_compat
 
         cpu_compat.apply()
     if dist.is_initialized():
         return
+    _timeout_minutes = timeout_minutes
     _env_from_slurm()
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
@@ -111,6 +116,7 @@ def init_parallel(parallel: ParallelConfig, seed: int) -> Layout:
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
         virtual_pipeline_model_parallel_size=parallel.vpp if parallel.vpp > 1 else None,
+        distributed_timeout_minutes=_timeout_minutes,
     )
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     torch.manual_seed(seed)
