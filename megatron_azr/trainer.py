@@ -41,7 +41,7 @@ from megatron_azr.azr.protocols import (
 )
 from megatron_azr.azr.selfplay import SelfPlayStep
 from megatron_azr.config import Config, to_dict
-from megatron_azr.rollout.build import build_rollout_engine
+from megatron_azr.rollout.build import build_rollout_engine, log_memory_budget
 from megatron_azr.rollout.config import RolloutConfig
 from megatron_azr.rollout.reshard import push_weights
 from megatron_azr.rollout.transport import keep_freed_host_memory
@@ -92,6 +92,9 @@ def train(cfg: Config, build_engine: EngineBuilder = build_rollout_engine) -> di
         start, buffers = load_checkpoint(actor, resume, cfg)
         logger.info("resumed from %s at step %d", resume, start)
 
+    # The actor's optimizer state exists already (Actor allocates it), so the engine that
+    # measures free memory next sees the actor at its resident size.
+    log_memory_budget(actor.memory_bytes(), cfg.rollout)
     with ExitStack() as stack:
         model_dir = rollout_model_dir(actor, out / "rollout_model")
         engine = make_rollout(cfg, model_dir, build_engine)
@@ -250,6 +253,8 @@ class ReplicatedRollout:
     Replica ``r`` of ``R`` generates prompts ``r, r + R, ...`` (every rank of a replica with
     the same inputs, as tensor-parallel engines need); the replicas' outputs are all-gathered,
     so every rank returns the same completions, whatever numerical noise separates replicas.
+    With one replica every rank already holds them all (the ranks of a tensor-parallel vLLM
+    engine return the same outputs): nothing is gathered.
     """
 
     def __init__(self, engine: RolloutEngine, cfg: RolloutConfig) -> None:
@@ -264,7 +269,7 @@ class ReplicatedRollout:
         mine = list(prompts[self.index :: self.replicas])
         my_seeds = None if seeds is None else list(seeds[self.index :: self.replicas])
         out = self.engine.generate(mine, sampling, my_seeds) if mine else []
-        if self.replicas == 1 and self.size == 1:
+        if self.replicas == 1:
             return out
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, out if dist.get_rank() % self.size == 0 else None)

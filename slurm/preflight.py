@@ -1,17 +1,21 @@
 """Checks a run against its Slurm allocation before ``srun`` starts any rank (slurm/launch.sh).
 
-A typo in an override, a layout that does not divide the allocation or a missing checkpoint
-would otherwise surface as the same traceback in every rank's log, after the ranks have loaded
-torch and formed their process group. Here it is one line in the job's output, seconds after
-the job starts. On success the resolved config is written to ``<output_dir>/config.yaml`` (the
-record of what ran) and one summary line is printed.
+A typo in an override, a layout that does not divide the allocation, a missing checkpoint or a
+node whose sandbox cannot start (no bubblewrap, user namespaces disabled) would otherwise
+surface as the same traceback in every rank's log, after the ranks have loaded torch, formed
+their process group and loaded the model. Here it is one line in the job's output, seconds
+after the job starts. The sandbox is checked on the batch host, where rank 0 (which runs the
+executor) lives, by the executor's own doctor: a job runs inside it and reports what it sees.
+On success the resolved config is written to ``<output_dir>/config.yaml`` (the record of what
+ran) and one summary line is printed.
 
-    python slurm/preflight.py --world N CONFIG [KEY=VALUE ...]
+    python slurm/preflight.py --world N [--skip-sandbox] CONFIG [KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -53,6 +57,30 @@ def check(cfg: Config, world: int) -> list[str]:
             "`sbatch slurm/azr_14b.sh model.path=/models/Qwen2.5-Coder-14B`"
         )
     return _seed_notices(cfg) + _config_changes(cfg)
+
+
+def check_sandbox(cfg: Config) -> str:
+    """Start the executor as configured and verify its isolation from inside a job (``azr
+    executor doctor``); raise :class:`PreflightError` when it does not start or a layer is
+    not in force."""
+    from megatron_azr.executor import doctor, sandbox
+    from megatron_azr.executor.pool import ExecutorError
+
+    probe_cfg = dataclasses.replace(cfg.executor, workers=2)  # the smallest pool: seconds
+    try:
+        _, checks = doctor.probe(probe_cfg)
+    except (sandbox.SandboxUnavailable, ExecutorError, RuntimeError) as e:
+        raise PreflightError(
+            f"the executor's sandbox does not start on this node: {e} (details: `azr executor "
+            "doctor`)"
+        ) from e
+    failed = [c.layer for c in checks if not c.ok]
+    if failed:
+        raise PreflightError(
+            f"sandbox layers not in force on this node: {', '.join(failed)} (evidence: `azr "
+            "executor doctor`)"
+        )
+    return f"sandbox verified from inside a job: {len(checks)} layers"
 
 
 def _seed_notices(cfg: Config) -> list[str]:
@@ -110,12 +138,17 @@ def summary(cfg: Config, world: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--world", type=int, required=True, help="tasks in the allocation")
+    parser.add_argument(
+        "--skip-sandbox", action="store_true", help="do not start the executor's sandbox"
+    )
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
         notices = check(cfg, args.world)
+        if not args.skip_sandbox:
+            notices.append(check_sandbox(cfg))
     except (ConfigError, PreflightError) as e:
         print(f"azr preflight: error: {e}", file=sys.stderr)
         return 2

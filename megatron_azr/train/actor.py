@@ -33,6 +33,7 @@ from megatron_azr.models import hf_io
 from megatron_azr.models.builder import BuildOptions, build_model, resolve_impl, transformer_config
 from megatron_azr.models.config import ModelConfig
 from megatron_azr.train import batch as batching
+from megatron_azr.train import mcore_compat
 from megatron_azr.train.config import ActorConfig, ParallelConfig
 from megatron_azr.train.dist import init_parallel
 from megatron_azr.train.host_memory import release_freed
@@ -141,6 +142,38 @@ class Actor:
             ),
             self.chunks,
         )
+        mcore_compat.allocate_optimizer_state(self.optimizer)
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes this rank holds between steps: weights, gradient buffers, optimizer state
+        (moments and fp32 master copies), each storage counted once."""
+        seen: set[int] = set()
+
+        def total(tensors: Iterator[torch.Tensor]) -> int:
+            n = 0
+            for t in tensors:
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    n += storage.nbytes()
+            return n
+
+        weights = total(p for m in self.models for p in m.parameters())
+        buffers = [b for c in self.chunks for b in getattr(c, "buffers", [])]
+        grads = total(b.grad_data for b in buffers)
+        optimizer = 0
+        if self.optimizer is not None:
+            opts = getattr(self.optimizer, "chained_optimizers", [self.optimizer])
+            optimizer = total(
+                t
+                for o in opts
+                for t in [
+                    *(p for g in o.optimizer.param_groups for p in g["params"]),
+                    *(v for st in o.optimizer.state.values() for v in st.values()),
+                ]
+                if isinstance(t, torch.Tensor) and t.numel() > 1
+            )
+        return {"weights": weights, "grads": grads, "optimizer": optimizer}
 
     # -- batching ----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ the work (the checkpoint is reshardable either way)::
 
     azr convert hf-to-mcore HF_DIR CKPT_DIR
     azr convert mcore-to-hf CKPT_DIR HF_DIR
+    azr convert reshardable CKPT_DIR NEW_DIR   # dp_reshardable optimizer state -> any layout
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ def _cmd_mcore_to_hf(args: argparse.Namespace) -> int:
     from megatron_azr.train.convert import mcore_to_hf
 
     mcore_to_hf(args.src, args.dst, _parallel(args))
+    return 0
+
+
+def _cmd_reshardable(args: argparse.Namespace) -> int:
+    from megatron_azr.train.checkpoint import make_fully_reshardable
+
+    make_fully_reshardable(args.src, args.dst)
     return 0
 
 
@@ -69,3 +77,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         c.add_argument("--tp", type=int, default=1, help="tensor parallel size (under torchrun)")
         c.add_argument("--pp", type=int, default=1, help="pipeline parallel size (under torchrun)")
         c.set_defaults(func=_run(handler))
+    c = sub.add_parser(
+        "reshardable",
+        help="CKPT_DIR -> NEW_DIR with optimizer state any TP/PP loads (run at its TP/PP)",
+    )
+    c.add_argument("src", metavar="CKPT_DIR")
+    c.add_argument("dst", metavar="NEW_DIR")
+    c.set_defaults(func=_run(_cmd_reshardable))

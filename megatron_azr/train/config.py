@@ -72,6 +72,11 @@ class ActorConfig:
     # only full-size tensors), "torch" = the reference (several fp32 copies), "auto" = triton on
     # CUDA when it imports, chunked otherwise.
     logprob_kernel: Literal["auto", "torch", "chunked", "triton"] = "auto"
+    # Distributed-optimizer state in checkpoints: "dp_reshardable" = each rank writes its own
+    # shard (host memory = what it writes; loads at the same TP/PP, any DP); "fully_reshardable"
+    # = loads at any layout, but saving gathers DP x a rank's optimizer bytes on every rank.
+    # `azr convert reshardable` turns the first into the second (train/checkpoint.py).
+    checkpoint_format: Literal["dp_reshardable", "fully_reshardable"] = "dp_reshardable"
     seed: int = 1234
 
     def __post_init__(self) -> None:

@@ -61,6 +61,35 @@ def _env_from_slurm() -> None:
     os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
 
 
+def cuda_device_index(local_rank: int, visible: int) -> int:
+    """This task's CUDA device among the ``visible`` ones.
+
+    Every GPU of the node visible to every task (plain ``srun``, torchrun): the local rank.
+    One GPU per task (``srun --gpu-bind=single:1``/``--gpus-per-task=1``, or a
+    ``CUDA_VISIBLE_DEVICES`` of one device): device 0, whatever the local rank.
+    """
+    if visible == 1:
+        return 0
+    if 0 <= local_rank < visible:
+        return local_rank
+    raise RuntimeError(
+        f"local rank {local_rank} but {visible} GPUs visible to this task "
+        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}): give "
+        "each task one GPU (--gpu-bind) or every task all GPUs of the node"
+    )
+
+
+def _select_cuda_device() -> None:
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    index = cuda_device_index(local_rank, torch.cuda.device_count())
+    torch.cuda.set_device(index)
+    if index != local_rank:
+        # Colocated vLLM (external_launcher) takes LOCAL_RANK as its device index
+        # (vllm/v1/executor/uniproc_executor.py:196, vLLM 0.32): point it at ours.
+        os.environ["LOCAL_RANK"] = str(index)
+        logger.info("one GPU visible to this task: cuda:%d (local rank %d)", index, local_rank)
+
+
 def init_process_group(timeout_minutes: int = 30) -> None:
     """torch.distributed with NCCL when CUDA is present, else gloo (+ the CPU compat layer)."""
     global _timeout_minutes
@@ -79,7 +108,7 @@ def init_process_group(timeout_minutes: int = 30) -> None:
     if "MASTER_ADDR" not in os.environ:
         raise RuntimeError("MASTER_ADDR/MASTER_PORT are not set (launch with torchrun or srun)")
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        _select_cuda_device()
         backend = "nccl"
     else:
         backend = "gloo"

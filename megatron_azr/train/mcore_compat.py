@@ -13,8 +13,11 @@ its checkpoint load path (0.16.1, still present in 0.19.x) has these bugs:
   the per-param ``step`` it reads from that state: megatron's own fix is to take one dummy step
   (``_init_optimizer_states_with_dummy_values``), which we call;
 * restoring per-param state copies every key of torch's Adam state, ``step`` included, from a
-  checkpoint that does not store ``step`` per param (it travels in the param groups): KeyError.
-  We keep the current ``step`` for that copy (the param groups' value is already in place);
+  checkpoint that does not store ``step`` per param (it travels in the param groups): KeyError
+  in the ``fully_reshardable`` format; in ``dp_reshardable`` the "loaded" ``step`` is the
+  tensor captured when the sharded state dict was built, i.e. the step *before* the load,
+  which silently overwrites the restored one. Either way we keep the current ``step`` for that
+  copy: the param groups' value, which ``load_state_dict`` put in place just before;
 * ``load_state_dict`` gives every param the *same* ``step`` tensor; torch's Adam increments
   each param's step in place, so after resume the shared counter advances once per param per
   step and the bias correction drifts silently. We give each param its own copy.
@@ -52,10 +55,9 @@ def _keep_step_on_restore(opt: Any) -> None:
     original = opt._set_main_param_and_optimizer_states
 
     def set_states(model_param: Any, tensors: dict[str, torch.Tensor]) -> None:
-        if "step" not in tensors:
-            current = opt._get_main_param_and_optimizer_states(model_param)
-            if "step" in current:
-                tensors = {**tensors, "step": current["step"].detach().clone()}
+        current = opt._get_main_param_and_optimizer_states(model_param)
+        if "step" in current:
+            tensors = {**tensors, "step": current["step"].detach().clone()}
         with torch.no_grad():
             original(model_param, tensors)
 
@@ -81,3 +83,42 @@ def fix_optimizer_after_load(optimizer: Any) -> None:
         for state in opt.optimizer.state.values():
             if "step" in state and isinstance(state["step"], torch.Tensor):
                 state["step"] = state["step"].detach().clone()
+
+
+def allocate_optimizer_state(optimizer: Any) -> None:
+    """Create Adam's state now (zero moments, step 0) instead of at the first ``step()``.
+
+    The first step fills an empty state exactly this way, so updates do not change; what
+    changes is when the memory is taken: before the rollout engine measures free GPU memory,
+    not after it (trainer.py). TE/Apex Adam: megatron's own ``init_state_fn`` (what its
+    checkpoint loader calls on an empty state, ``optimizer/__init__.py:391`` in 0.16.1).
+    torch's Adam: its lazy initialisation, step tensor included (``torch/optim/adam.py``
+    ``_init_group``), which ``init_state_fn`` leaves out.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = opt.optimizer
+        if isinstance(inner, torch.optim.Adam | torch.optim.AdamW):
+            for group in inner.param_groups:
+                for p in group["params"]:
+                    if len(inner.state[p]) == 0:
+                        inner.state[p].update(_torch_adam_state(p, group))
+        elif getattr(opt, "init_state_fn", None) is not None:
+            opt.init_state_fn(inner, opt.config)
+
+
+def _torch_adam_state(p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
+    on_device = group["capturable"] or group["fused"]
+    state = {
+        "step": torch.zeros((), dtype=torch.float32, device=p.device)
+        if on_device
+        else torch.tensor(0.0, dtype=_scalar_dtype()),
+        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+    }
+    if group["amsgrad"]:
+        state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return state
+
+
+def _scalar_dtype() -> torch.dtype:
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32

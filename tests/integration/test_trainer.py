@@ -3,6 +3,7 @@ sandboxed executor, on the tiny random model (which never proposes a valid task:
 is the loop, its checkpoints and its layouts, not learning)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,12 @@ def test_train_checkpoints_and_resumes_exactly(tmp_path):
     assert state == {"step": 3, "actor_steps": 3}
     log = (resumed / "logs" / "rank0.log").read_text()
     assert "resumed from" in log and "[rank 0]" in log
+    # Adam's state is resident before the rollout engine is built (the colocated vLLM sizes
+    # itself against free memory): the actor's memory line, optimizer included, comes first.
+    log = (straight / "logs" / "rank0.log").read_text()
+    mem = log.index("actor memory on this rank before the rollout engine")
+    assert mem < log.index("rollout engine torch built")
+    assert float(re.search(r"optimizer ([\d.]+) MiB", log[mem:]).group(1)) > 0
 
     # Every response of a step is in its rollout dump, the same on a replay.
     dump = straight / "rollouts" / "step_00000003.jsonl"

@@ -19,8 +19,9 @@ import torch
 import torch.distributed as dist
 
 from megatron_azr.azr.protocols import Role, TaskType, TrainSample
-from megatron_azr.models import hf_io, mapping
+from megatron_azr.models import hf_io, mapping, spec
 from megatron_azr.models.config import ModelConfig
+from megatron_azr.models.layers import PackedAttention
 from megatron_azr.train import checkpoint
 from megatron_azr.train.actor import Actor
 from megatron_azr.train.config import ActorConfig, ParallelConfig
@@ -296,16 +297,117 @@ def scenario_ckpt_save(args: dict) -> None:
 
 
 def scenario_ckpt_resume(args: dict) -> None:
+    """``args["source"]`` names the checkpoint each run resumes from (default ``ckpt_NAME``);
+    ``args["refused"]``: (checkpoint, layout) pairs whose load must fail, naming the fix."""
     out = Path(args["out"])
     arch = ModelConfig.from_hf_dir(args["hf"])
+    for ckpt, layout in args.get("refused", []):
+        par = dataclasses.replace(LAYOUTS[layout], distributed_optimizer=True)
+        actor = Actor(arch, par, _actor_cfg(), init_from=args["hf"])
+        try:
+            checkpoint.load(actor, out / ckpt)
+        except ValueError as e:
+            assert "azr convert reshardable" in str(e), e
+        else:
+            raise AssertionError(f"{ckpt} loaded at {layout}")
     for name, layout, dopt in args["runs"]:
         par = dataclasses.replace(LAYOUTS[layout], distributed_optimizer=dopt)
         actor = Actor(arch, par, _actor_cfg(), init_from=args["hf"])
-        checkpoint.load(actor, out / f"ckpt_{name}")
+        checkpoint.load(actor, out / args.get("source", {}).get(name, f"ckpt_{name}"))
         assert actor.steps == 1, actor.steps
         rest = _run_steps(actor, range(2, 5))
         if is_writer():
             torch.save({"metrics": rest}, out / f"ckpt_{name}_resumed.pt")
+
+
+# -- scenario: optimizer state allocated at construction ---------------------------------
+
+
+def scenario_optimizer_state(args: dict) -> None:
+    """Adam's state exists as soon as the actor is built (before any engine would measure free
+    memory), and two updates from it equal two updates from torch's lazy initialisation."""
+    arch = ModelConfig.from_hf_dir(args["hf"])
+    result: dict = {}
+    for dopt in (False, True):
+        par = ParallelConfig(distributed_optimizer=dopt)
+        early = Actor(arch, par, _actor_cfg(), init_from=args["hf"])
+        opts = getattr(early.optimizer, "chained_optimizers", [early.optimizer])
+        states = [st for o in opts for st in o.optimizer.state.values()]
+        params = [p for o in opts for g in o.optimizer.param_groups for p in g["params"]]
+        mem = early.memory_bytes()
+        zero = all(
+            float(st["exp_avg"].abs().sum()) == 0 and float(st["step"]) == 0 for st in states
+        )
+        lazy = Actor(arch, par, _actor_cfg(), init_from=args["hf"])
+        for o in getattr(lazy.optimizer, "chained_optimizers", [lazy.optimizer]):
+            o.optimizer.state.clear()  # as get_megatron_optimizer leaves it
+        runs = [_run_steps(a, range(1, 3)) for a in (early, lazy)]
+        same = all(
+            torch.equal(a, b)
+            for (_, a), (_, b) in zip(
+                early.state_dict_for_rollout(), lazy.state_dict_for_rollout(), strict=True
+            )
+        )
+        result["dopt" if dopt else "plain"] = {
+            "states": len(states),
+            "params": len(params),
+            "zero": zero,
+            "optimizer_bytes": mem["optimizer"],
+            "numel": sum(p.numel() for p in params),
+            "losses": [[m["loss"] for m in r] for r in runs],
+            "weights_equal": same,
+        }
+    if is_writer():
+        Path(args["out"], "optimizer_state.json").write_text(json.dumps(result))
+
+
+# -- scenario: a local-spec checkpoint into a model with Transformer Engine extra state -------
+
+
+class ExtraStateAttention(PackedAttention):
+    """Stands in for TE's DotProductAttention on CPU: the module carries extra state (TE's FP8
+    metadata) in its state dict, hence in its sharded state dict (a ShardedObject)."""
+
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor([7.0])
+
+    def set_extra_state(self, state: object) -> None:
+        self.restored = state
+
+
+class ExtraWeightAttention(ExtraStateAttention):
+    """As above plus a real parameter no local-spec checkpoint holds."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.te_scale = torch.nn.Parameter(torch.ones(1))
+
+
+def scenario_ckpt_extra_state(args: dict) -> None:
+    out = Path(args["out"])
+    arch = ModelConfig.from_hf_dir(args["hf"])
+    local = Actor(arch, ParallelConfig(), _actor_cfg(), init_from=args["hf"], trainable=False)
+    checkpoint.save(local, out / "local")
+    samples = samples_for_step(1)
+    want = torch.tensor([x for lp in local.logprobs(samples) for x in lp])
+    results = {}
+    for name, attention in (("extra_state", ExtraStateAttention), ("weight", ExtraWeightAttention)):
+        spec.PackedAttention = attention  # what local_layer_spec() builds from now on
+        try:
+            te_like = Actor(arch, ParallelConfig(), _actor_cfg(), trainable=False)
+            sd = te_like.models[0].sharded_state_dict()
+            extra = [k for k in sd if k.endswith("core_attention._extra_state")]
+            try:
+                checkpoint.load_weights(te_like, out / "local")
+            except ValueError as e:
+                results[name] = {"error": str(e), "extra_keys": extra}
+                continue
+            got = torch.tensor([x for lp in te_like.logprobs(samples) for x in lp])
+            results[name] = {"max_diff": (got - want).abs().max().item(), "extra_keys": extra}
+        finally:
+            spec.PackedAttention = PackedAttention
+    if is_writer():
+        (out / "extra_state.json").write_text(json.dumps(results))
 
 
 SCENARIOS = {
@@ -316,6 +418,8 @@ SCENARIOS = {
     "reference": scenario_reference,
     "ckpt_save": scenario_ckpt_save,
     "ckpt_resume": scenario_ckpt_resume,
+    "ckpt_extra_state": scenario_ckpt_extra_state,
+    "optimizer_state": scenario_optimizer_state,
 }
 
 if __name__ == "__main__":

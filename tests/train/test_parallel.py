@@ -1,8 +1,11 @@
 """Real multi-process runs (torchrun, gloo, megatron-core) against single-process references."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from processes import child_env
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -146,8 +149,26 @@ def test_resume_at_another_layout_continues_exactly(tiny_models, torchrun, tmp_p
     args = {"out": str(tmp_path), "hf": tiny_models["qwen2"]}
     runs = [("plain", "tp2", False), ("dopt", "dp2", True)]
     torchrun(2, "ckpt_save", {**args, "runs": runs})
+    # The distributed optimizer's in-run format (dp_reshardable) loads only at its TP/PP: the
+    # move to TP=2 goes through `azr convert reshardable`, run at the saving TP/PP on one rank
+    # (a DP change, which that format allows).
+    r = subprocess.run(
+        [sys.executable, "-m", "megatron_azr.cli", "convert", "reshardable",
+         str(tmp_path / "ckpt_dopt"), str(tmp_path / "ckpt_dopt_any")],
+        env=child_env(), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
     resume = [("plain", "pp2", False), ("dopt", "tp2", True)]
-    torchrun(2, "ckpt_resume", {**args, "runs": resume})
+    torchrun(
+        2,
+        "ckpt_resume",
+        {
+            **args,
+            "runs": resume,
+            "source": {"dopt": "ckpt_dopt_any"},
+            "refused": [("ckpt_dopt", "tp2")],
+        },
+    )
     for name, _, _ in runs:
         full = torch.load(tmp_path / f"ckpt_{name}_uninterrupted.pt")["metrics"][1:]
         resumed = torch.load(tmp_path / f"ckpt_{name}_resumed.pt")["metrics"]
