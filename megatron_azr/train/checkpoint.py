@@ -86,6 +86,7 @@ def save(
     """
     final = Path(path).resolve()
     with_optimizer = with_optimizer and actor.optimizer is not None
+    mcore_compat.in_process_write_results()
     rank = dist.get_rank()
     tmp = ""
     if rank == 0:
