@@ -8,10 +8,12 @@ listed in ``_ROOMS``; registering must stay cheap (no torch/megatron import) so 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
+from pathlib import Path
 
-from megatron_azr.config import ConfigError, dump_config, load_config
+from megatron_azr.config import Config, ConfigError, dump_config, load_config
 
 _ROOMS: tuple[str, ...] = (
     "megatron_azr.executor.cli",
@@ -30,11 +32,30 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    from megatron_azr.trainer import train
+    from megatron_azr import rundir
+    from megatron_azr.telemetry.logs import current_rank, setup_logging
 
-    train(cfg)
+    cfg = load_config(args.config, args.overrides)
+    rundir.check_start(cfg)  # a mistake costs a second, not the trainer's imports (~10 s)
+    # The rank log before those imports: their fallback warnings (no Apex/TE) go there only.
+    setup_logging(cfg.logging.level, rundir.rank_log(Path(cfg.run.output_dir), current_rank()))
+    from megatron_azr.trainer import RankFailure, train
+
+    try:
+        train(cfg)
+    except RankFailure:  # logged where it was raised; the failing rank shows the traceback
+        return 1
     return 0
+
+
+def _train_epilog() -> str:
+    sections = ", ".join(f.name for f in dataclasses.fields(Config))
+    return (
+        f"The config is a YAML file with the sections {sections}; KEY=VALUE overrides any key "
+        "(azr.k_references=4 run.steps=20). `azr config --config FILE [KEY=VALUE ...]` prints "
+        "the resolved config, every key with its value; README.md, Configuration, explains "
+        "them."
+    )
 
 
 def _cmd_seed(args: argparse.Namespace) -> int:
@@ -64,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="azr", description="Absolute Zero self-play at scale")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="run AZR self-play training")
+    p = sub.add_parser(
+        "train",
+        help="run AZR self-play training",
+        description="Run AZR self-play training (resumes from <run.output_dir>/checkpoints).",
+        epilog=_train_epilog(),
+    )
     add_config_args(p)
     p.set_defaults(func=_cmd_train)
 

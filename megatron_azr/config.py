@@ -14,6 +14,7 @@ directory: a run started from anywhere finds the shipped seed files and models.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import types
@@ -51,6 +52,8 @@ class RunConfig:
     checkpoint_every: int = 10
     # Step checkpoints kept on disk (the newest ones); each holds actor, optimizer and buffers.
     keep_checkpoints: int = 2
+    # A resume may change keys the checkpoint fixed (model, seed files: rundir.FIXED_ON_RESUME).
+    allow_config_change: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -170,7 +173,8 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, source: str) -> T:
         key = f"{prefix}.{name}" if prefix else str(name)
         if name not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"{source}: unknown key '{key}' (known here: {known})")
+            hint = _nearest(str(name), fields, prefix)
+            raise ConfigError(f"{source}: unknown key '{key}'{hint} (known here: {known})")
         kwargs[name] = _convert(value, hints[name], key, source)
     try:
         return cls(**kwargs)
@@ -205,11 +209,24 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> N
         child = node.get(part)
         if not isinstance(child, dict):
             where = ".".join(parts[: i + 1])
-            raise ConfigError(f"{source}: unknown key '{dotted}' ('{where}' is not a section)")
+            sections = [k for k, v in node.items() if isinstance(v, dict)]
+            hint = _nearest(part, sections, ".".join(parts[:i]))
+            raise ConfigError(
+                f"{source}: unknown key '{dotted}' ('{where}' is not a section){hint}"
+            )
         node = child
     if parts[-1] not in node:
-        raise ConfigError(f"{source}: unknown key '{dotted}'")
+        hint = _nearest(parts[-1], node, ".".join(parts[:-1]))
+        raise ConfigError(f"{source}: unknown key '{dotted}'{hint}")
     node[parts[-1]] = value
+
+
+def _nearest(name: str, known: typing.Iterable[str], prefix: str) -> str:
+    """ ", did you mean 'section.key'?" for the closest known key, or "" when none is close."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if not match:
+        return ""
+    return f", did you mean '{prefix + '.' if prefix else ''}{match[0]}'?"
 
 
 def resolve_data_path(path: str, config_dir: Path | None = None) -> str:

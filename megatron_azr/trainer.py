@@ -19,16 +19,17 @@ import json
 import logging
 import shutil
 import time
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from megatron_azr import atomic
+from megatron_azr import atomic, rundir
 from megatron_azr.azr.buffers import Buffers
 from megatron_azr.azr.prompts import prompt_wrap
 from megatron_azr.azr.protocols import (
@@ -45,6 +46,7 @@ from megatron_azr.rollout.build import build_rollout_engine, log_memory_budget
 from megatron_azr.rollout.config import RolloutConfig
 from megatron_azr.rollout.reshard import push_weights
 from megatron_azr.rollout.transport import keep_freed_host_memory
+from megatron_azr.rundir import LATEST, STATE_FILE, checkpoint_root
 from megatron_azr.seed import ensure_seed_files
 from megatron_azr.telemetry.logs import setup_logging
 from megatron_azr.telemetry.metrics import MetricsLogger
@@ -55,9 +57,7 @@ from megatron_azr.train.config import Precision
 from megatron_azr.train.dist import broadcast_object
 
 logger = logging.getLogger(__name__)
-
-STATE_FILE = "trainer_state.json"
-LATEST = "latest"
+T = TypeVar("T")
 
 
 # (rollout config, model directory, the actor's precision) -> engine
@@ -71,17 +71,17 @@ def train(cfg: Config, build_engine: EngineBuilder = build_rollout_engine) -> di
     from megatron_azr.train.dist import init_process_group
 
     out = Path(cfg.run.output_dir)
+    start_point = rundir.check_start(cfg)  # before any model load, before writing into `out`
     if not torch.cuda.is_available():
         keep_freed_host_memory()  # resharding's tensor churn on CPU (rollout/transport.py)
     init_process_group(cfg.profile.pg_timeout_minutes)
     rank = dist.get_rank()
-    setup_logging(cfg.logging.level, out / "logs" / f"rank{rank}.log", rank=rank)
+    setup_logging(cfg.logging.level, rundir.rank_log(out, rank), rank=rank)
     leader = rank == 0
-
-    resume = latest_checkpoint(out)
-    done = finished_step(resume)
-    if done is not None and done >= cfg.run.steps:
-        return report_finished(out, done, cfg.run.steps, leader)
+    if start_point.finished(cfg.run.steps):
+        return report_finished(out, start_point.resume.step, cfg.run.steps, leader)
+    rundir.record_start(cfg, start_point, leader)
+    resume = start_point.resume.path
 
     # The actor, then everything a resumed run restores: weights, optimizer, buffers, step (a
     # resumed run never reads model.path: the checkpoint overwrites every weight).
@@ -170,12 +170,6 @@ def train(cfg: Config, build_engine: EngineBuilder = build_rollout_engine) -> di
     return metrics
 
 
-def finished_step(checkpoint: Path | None) -> int | None:
-    if checkpoint is None:
-        return None
-    return int(json.loads((checkpoint / STATE_FILE).read_text())["step"])
-
-
 def report_finished(out: Path, done: int, steps: int, leader: bool) -> dict[str, float]:
     """A rerun of a finished run: say so (and show its last step) instead of loading a model
     to do nothing."""
@@ -211,15 +205,53 @@ def make_rollout(
                 f"{dist.get_world_size()}"
             )
         return ReplicatedRollout(build(rollout_cfg, model_dir, precision), rollout_cfg)
-    engine = build(rollout_cfg, model_dir, precision) if _is_leader() else None
+    engine = on_leader(lambda: build(rollout_cfg, model_dir, precision), share=False)
     return LeaderRollout(engine, rollout_cfg)
 
 
 def make_executor(cfg: Config, stack: ExitStack) -> Executor:
     from megatron_azr.executor.pool import SandboxExecutor
 
-    local = stack.enter_context(SandboxExecutor(cfg.executor)) if _is_leader() else None
+    local = on_leader(lambda: stack.enter_context(SandboxExecutor(cfg.executor)), share=False)
     return LeaderExecutor(local)
+
+
+class RankFailure(RuntimeError):
+    """Raised on every other rank when one rank's part of a collective step failed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failed:
+    rank: int
+    error: str
+
+    @classmethod
+    def of(cls, e: BaseException) -> _Failed:
+        return cls(dist.get_rank(), f"{type(e).__name__}: {e}")
+
+    def raise_elsewhere(self) -> typing.NoReturn:
+        message = f"rank {self.rank} failed: {self.error}"
+        logger.error("%s", message)  # in this rank's log too, whoever catches the exception
+        raise RankFailure(message)
+
+
+def on_leader(fn: Callable[[], T], *, share: bool = True) -> T:
+    """``fn()`` on rank 0; its result on every rank (``share``) or on rank 0 only (None
+    elsewhere). If it raises, rank 0 raises the error and every other rank a
+    :class:`RankFailure` naming it, instead of waiting in the next collective until the
+    process group times out."""
+    if not _is_leader():
+        got = broadcast_object(None)
+        if isinstance(got, _Failed):
+            got.raise_elsewhere()
+        return got
+    try:
+        out = fn()
+    except Exception as e:
+        broadcast_object(_Failed.of(e))
+        raise
+    broadcast_object(out if share else None)
+    return out
 
 
 class LeaderRollout:
@@ -231,8 +263,11 @@ class LeaderRollout:
     def generate(
         self, prompts: Sequence[str], sampling: SamplingParams, seeds: Sequence[int] | None = None
     ) -> list[list[Completion]]:
-        out = self.engine.generate(prompts, sampling, seeds) if self.engine is not None else None
-        return broadcast_object(out)
+        return on_leader(lambda: self._engine().generate(prompts, sampling, seeds))
+
+    def _engine(self) -> RolloutEngine:
+        assert self.engine is not None, "the engine lives on rank 0"
+        return self.engine
 
     def push_weights(self, actor: Actor) -> None:
         """The actor's weights into the engine (collective; only rank 0 receives tensors)."""
@@ -254,7 +289,7 @@ class ReplicatedRollout:
     the same inputs, as tensor-parallel engines need); the replicas' outputs are all-gathered,
     so every rank returns the same completions, whatever numerical noise separates replicas.
     With one replica every rank already holds them all (the ranks of a tensor-parallel vLLM
-    engine return the same outputs): nothing is gathered.
+    engine return the same outputs): only a failure flag is gathered.
     """
 
     def __init__(self, engine: RolloutEngine, cfg: RolloutConfig) -> None:
@@ -268,12 +303,27 @@ class ReplicatedRollout:
     ) -> list[list[Completion]]:
         mine = list(prompts[self.index :: self.replicas])
         my_seeds = None if seeds is None else list(seeds[self.index :: self.replicas])
-        out = self.engine.generate(mine, sampling, my_seeds) if mine else []
+        if dist.get_world_size() == 1:
+            return self.engine.generate(mine, sampling, my_seeds) if mine else []
+        failed: _Failed | None = None
+        out: list[list[Completion]] = []
+        try:
+            out = self.engine.generate(mine, sampling, my_seeds) if mine else []
+        except Exception as e:  # the others learn of it in the gather, instead of hanging there
+            failed, error = _Failed.of(e), e
+        speaks = dist.get_rank() % self.size == 0  # the first rank of each replica speaks for it
+        # With one replica every rank holds the completions already: only a failure travels.
+        mine_out = None if self.replicas == 1 or not speaks else out
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, failed or mine_out)
+        if failed is not None:
+            raise error
+        for g in gathered:
+            if isinstance(g, _Failed):
+                g.raise_elsewhere()
         if self.replicas == 1:
             return out
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, out if dist.get_rank() % self.size == 0 else None)
-        parts = gathered[:: self.size]  # the first rank of each replica speaks for it
+        parts = gathered[:: self.size]
         return [parts[i % self.replicas][i // self.replicas] for i in range(len(prompts))]
 
     def push_weights(self, actor: Actor) -> None:
@@ -295,8 +345,11 @@ class LeaderExecutor:
         self.executor = executor
 
     def run(self, jobs: Sequence[Job]) -> list[ExecResult]:
-        out = self.executor.run(jobs) if self.executor is not None else None
-        return broadcast_object(out)
+        return on_leader(lambda: self._local().run(jobs))
+
+    def _local(self) -> Executor:
+        assert self.executor is not None, "the executor lives on rank 0"
+        return self.executor
 
 
 def rollout_model_dir(actor: Any, path: Path) -> Path:
@@ -333,23 +386,10 @@ def load_tokenizer(model_dir: Path) -> Any:
 # Checkpoints: one directory per step holds everything a run needs to resume exactly.
 
 
-def checkpoint_root(out: Path) -> Path:
-    return out / "checkpoints"
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    pointer = checkpoint_root(out) / LATEST
-    if not pointer.is_file():
-        return None
-    path = checkpoint_root(out) / pointer.read_text().strip()
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"{pointer} names {path}, which is not a complete checkpoint")
-    return path
-
-
 def save_checkpoint(actor: Any, buffers: Buffers, step: int, out: Path, keep: int) -> Path:
     """Actor (weights + optimizer, reshardable), buffers and step, written to a temporary
-    directory and renamed into place; ``latest`` moves only after that (collective)."""
+    directory, listed in its manifest, synced and renamed into place; ``latest`` moves only
+    after that (collective). See :mod:`megatron_azr.rundir`."""
     from megatron_azr.train import checkpoint
 
     root = checkpoint_root(out)
@@ -364,14 +404,23 @@ def save_checkpoint(actor: Any, buffers: Buffers, step: int, out: Path, keep: in
         buffers.save(tmp / "buffers")
         state = {"step": step, "actor_steps": actor.steps}
         atomic.write_text(tmp / STATE_FILE, json.dumps(state))
+        rundir.write_manifest(tmp)
         atomic.replace_dir(tmp, final)
         atomic.write_text(root / LATEST, final.name)
-        done = sorted(p for p in root.glob("step_*") if p.is_dir())
-        for old in done[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        _prune_checkpoints(root, final, keep)
     dist.barrier()
     logger.info("checkpoint at step %d: %s", step, final)
     return final
+
+
+def _prune_checkpoints(root: Path, newest: Path, keep: int) -> None:
+    """Keep the ``keep`` newest checkpoints up to ``newest``. Any after it belong to a future
+    this run abandoned when it resumed from an older one (those were incomplete, or ``latest``
+    was set back by hand): the run replays those steps."""
+    done = sorted(p for p in root.glob("step_*") if p.is_dir())
+    kept = [p for p in done if p.name <= newest.name]
+    for old in [p for p in done if p.name > newest.name] + kept[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(actor: Any, path: Path, cfg: Config) -> tuple[int, Buffers]:

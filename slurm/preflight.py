@@ -20,10 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
-from megatron_azr import atomic
-from megatron_azr.config import Config, ConfigError, dump_config, load_config, to_dict
+from megatron_azr import atomic, rundir
+from megatron_azr.config import Config, ConfigError, dump_config, load_config
 
 
 class PreflightError(ValueError):
@@ -56,7 +54,10 @@ def check(cfg: Config, world: int) -> list[str]:
             "from `azr convert hf-to-mcore HF_DIR CKPT_DIR`, e.g. "
             "`sbatch slurm/azr_14b.sh model.path=/models/Qwen2.5-Coder-14B`"
         )
-    return _seed_notices(cfg) + _config_changes(cfg)
+    # What `azr train` checks again: resume point, refused changes (the config.yaml written
+    # below would hide them from it), model.path of a fresh run.
+    start = rundir.check_start(cfg)
+    return _seed_notices(cfg) + (rundir.describe(start.changes) if start.resume.path else [])
 
 
 def check_sandbox(cfg: Config) -> str:
@@ -95,31 +96,6 @@ def _seed_notices(cfg: Config) -> list[str]:
             raise PreflightError(f"azr.{key} {path}: its directory does not exist")
         notices.append(f"azr.{key} {path} does not exist: azr train seeds it with the model")
     return notices
-
-
-def _config_changes(cfg: Config) -> list[str]:
-    """Keys that differ from the config recorded by an earlier job in the same directory
-    (a resubmission that extends ``run.steps`` is fine; a changed learning rate is worth a
-    line in the log)."""
-    recorded = Path(cfg.run.output_dir) / "config.yaml"
-    if not recorded.is_file():
-        return []
-    old, new = _flatten(yaml.safe_load(recorded.read_text()) or {}), _flatten(to_dict(cfg))
-    return [
-        f"config differs from the recorded one: {k}: {old.get(k)!r} -> {new.get(k)!r}"
-        for k in sorted(old.keys() | new.keys())
-        if old.get(k) != new.get(k)
-    ]
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def summary(cfg: Config, world: int) -> str:

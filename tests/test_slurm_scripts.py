@@ -54,7 +54,8 @@ def test_preflight_records_the_resolved_config(tmp_path, capsys):
         "configs/tiny_cpu.yaml", ["parallel.tp=2", f"run.output_dir={out_dir}"]
     )
     # A later job on the same directory: resumes, and says what it changed.
-    (out_dir / "checkpoints").mkdir()
+    (out_dir / "checkpoints" / "step_00000004").mkdir(parents=True)
+    (out_dir / "checkpoints" / "step_00000004" / "trainer_state.json").write_text('{"step": 4}')
     (out_dir / "checkpoints" / "latest").write_text("step_00000004")
     rc, out, err = run_preflight(
         capsys, 4, "configs/tiny_cpu.yaml", "parallel.tp=2", "run.steps=9",
@@ -81,6 +82,20 @@ def test_preflight_refuses_runs_that_cannot_start(tmp_path, capsys, world, overr
     )
     assert rc == 2 and message in err and err.startswith("azr preflight: error:")
     assert not (tmp_path / "r").exists()
+
+
+def test_preflight_refuses_a_resume_that_changes_the_model(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert run_preflight(capsys, 2, "configs/tiny_cpu.yaml", f"run.output_dir={out_dir}")[0] == 0
+    (out_dir / "checkpoints" / "step_00000002").mkdir(parents=True)
+    (out_dir / "checkpoints" / "step_00000002" / "trainer_state.json").write_text('{"step": 2}')
+    (out_dir / "checkpoints" / "latest").write_text("step_00000002")
+    rc, _, err = run_preflight(
+        capsys, 2, "configs/tiny_cpu.yaml", "model.card=tiny-llama", f"run.output_dir={out_dir}"
+    )
+    assert rc == 2 and "cannot change (model.card: 'tiny' -> 'tiny-llama')" in err
+    # The record still says what the checkpoint holds, so `azr train` refuses it too.
+    assert load_config(out_dir / "config.yaml").model.card == "tiny"
 
 
 def test_preflight_lets_azr_train_seed_an_absent_seed_file(tmp_path, capsys):

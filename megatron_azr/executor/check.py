@@ -112,6 +112,10 @@ class Summary:
             self.with_output += 1
             self.matched += bool(line["match"])
 
+    def all_ok(self) -> bool:
+        """Every record ran ok and reproduced its recorded output (if it had one)."""
+        return self.statuses["ok"] == self.records and self.matched == self.with_output
+
     def text(self) -> str:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items()))
         out = f"{self.records} records: {statuses}"

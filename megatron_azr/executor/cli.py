@@ -26,7 +26,12 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("executor", help="the sandboxed code executor")
     sub = p.add_subparsers(dest="executor_command", required=True)
 
-    c = sub.add_parser("check", help="run the programs of a JSONL file in the sandbox")
+    c = sub.add_parser(
+        "check",
+        help="run the programs of a JSONL file in the sandbox",
+        epilog="exit status: 0 every record ran ok (and reproduced its recorded output), "
+        "1 some did not (invalid, error, timeout, mismatch), 2 the check could not run",
+    )
     c.add_argument("file", help="JSONL: program|snippet|code, input|inputs, [output|outputs]")
     c.add_argument("--out", default="-", help="result JSONL (default: stdout)")
     c.add_argument(
@@ -61,8 +66,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     cfg = full.executor
     banned = full.azr.banned_imports if args.validate else None
     summary = check.Summary()
-    with open(args.file) as fh:
-        total = sum(1 for line in fh if line.strip())
+    try:
+        with open(args.file) as fh:
+            total = sum(1 for line in fh if line.strip())
+    except OSError as e:
+        print(f"azr executor: cannot read {args.file}: {e.strerror}", file=sys.stderr)
+        return 2
     out = sys.stdout if args.out == "-" else open(args.out, "w")  # noqa: SIM115
     try:
         with SandboxExecutor(cfg) as ex, open(args.file) as fh:
@@ -86,7 +95,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     print(summary.text(), file=sys.stderr)
-    return 0
+    return 0 if summary.all_ok() else 1
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

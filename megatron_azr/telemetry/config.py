@@ -10,8 +10,11 @@ from typing import Literal
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # wandb is offline unless asked otherwise: clusters often have no egress, and CI never has.
+    # WANDB_MODE in the environment, when set, wins over this (telemetry/metrics.py).
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "megatron-azr"
+    # How long an online start may try to reach the server before logging offline instead.
+    wandb_init_timeout_s: float = 90.0
     log_every: int = 1
     # Every proposer and solver response of a step, parsed and graded, as JSONL under
     # <run>/rollouts/ (telemetry/rollouts.py); big runs keep a share of the lines.

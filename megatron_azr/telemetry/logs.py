@@ -19,6 +19,10 @@ def current_rank() -> int:
     return 0
 
 
+def _not_a_python_warning(record: logging.LogRecord) -> bool:
+    return record.name != "py.warnings"
+
+
 class _RankFilter(logging.Filter):
     def __init__(self, rank: int) -> None:
         super().__init__()
@@ -34,6 +38,10 @@ def setup_logging(
 ) -> None:
     """Route the root logger to stderr and, if given, a file; each line carries the rank.
 
+    With a file, Python warnings (``warnings.warn``: megatron's "Apex/Transformer Engine not
+    installed, falling back" at import, library deprecations) go to the file only: on a CPU
+    machine they are expected, and before the progress bar they read as errors.
+
     Idempotent: calling it again replaces the handlers it installed before.
     """
     rank = current_rank() if rank is None else rank
@@ -41,10 +49,13 @@ def setup_logging(
     for h in list(root.handlers):
         if getattr(h, "_megatron_azr", False):
             root.removeHandler(h)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    terminal = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [terminal]
+    logging.captureWarnings(log_file is not None)
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
+        terminal.addFilter(_not_a_python_warning)
     for h in handlers:
         h.setFormatter(logging.Formatter(_FORMAT))
         h.addFilter(_RankFilter(rank))

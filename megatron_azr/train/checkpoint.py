@@ -114,6 +114,7 @@ def save(
     final = Path(path).resolve()
     with_optimizer = with_optimizer and actor.optimizer is not None
     fmt = optimizer_format or actor.cfg.checkpoint_format
+    mcore_compat.in_process_write_results()
     rank = dist.get_rank()
     tmp = ""
     if rank == 0:

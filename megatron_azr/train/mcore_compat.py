@@ -122,3 +122,23 @@ def _torch_adam_state(p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch
 
 def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def in_process_write_results() -> None:
+    """Keep megatron's checkpoint writer from starting a process that outlives the trainer.
+
+    ``FileSystemWriterAsync`` (every ``dist_checkpointing.save``, 0.16.1 to 0.19.x) collects its
+    write results in a queue it creates on first use as ``mp.get_context("spawn").Manager()
+    .Queue()``: a manager *process* (spawned: it imports torch, holds a socket, ~200 MB) and a
+    resource tracker, neither of which watches its parent. Killed with SIGKILL (a scheduler, the
+    OOM killer), the trainer leaves both behind, reparented to init. A synchronous save (the only
+    kind this project makes: ``AsyncRequest.execute_sync``) fills and drains that queue in the
+    saving process itself, so a plain in-process queue does the job with no process at all. An
+    asynchronous save would need the manager back (its writer is another process).
+    """
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = queue.Queue()

@@ -7,22 +7,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from executor_helpers import ROOT, job_processes, require_sandbox, serves
+from executor_helpers import ROOT, executor_config, job_processes, require_sandbox, serves
 
-from megatron_azr.executor import ExecutorConfig, SandboxExecutor
+from megatron_azr.executor import SandboxExecutor
 
 
 @pytest.fixture(scope="session")
 def pool() -> Iterator[SandboxExecutor]:
     require_sandbox()
-    ex = SandboxExecutor(ExecutorConfig(workers=2))
+    ex = SandboxExecutor(executor_config(workers=2))
     groups = [d for w in ex.workers if w.group is not None for d in w.group.dirs]
     yield ex
+    hostdirs = [w.hostdir for w in ex.workers if w.hostdir]
     ex.close()
-    # The suite leaves nothing: no job process, no cgroup, no host temp dir of ours.
+    # The suite leaves nothing of its own (other azr work on the host is not counted): no job
+    # process, no cgroup, no host temp dir.
     assert job_processes() == []
-    assert not any(os.path.exists(d) for d in groups)
-    assert not list(Path("/tmp").glob("azr-executor-*"))
+    assert not any(os.path.exists(d) for d in groups + hostdirs)
 
 
 @pytest.fixture

@@ -21,7 +21,14 @@ from megatron_azr.azr.protocols import ExecResult, Job
 from megatron_azr.executor import ExecutorConfig, SandboxExecutor, sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
-JOB_UID_BASE = ExecutorConfig().job_uid_base
+# This session's job uids. Another azr process on the host (a training run, a second test
+# session) runs its jobs as the default uids: the leak checks below must see only ours.
+JOB_UID_BASE = ExecutorConfig().job_uid_base + 1000 * (1 + os.getpid() % 1000)
+
+
+def executor_config(**fields: object) -> ExecutorConfig:
+    """An executor config whose jobs run as this session's uids."""
+    return ExecutorConfig(job_uid_base=JOB_UID_BASE, **fields)  # type: ignore[arg-type]
 
 
 def sandbox_problem() -> str:
@@ -43,7 +50,7 @@ def require_sandbox() -> None:
 
 
 def job_processes(base: int = JOB_UID_BASE, span: int = 1000) -> list[tuple[int, int]]:
-    """(pid, uid) of every live process running as a job uid."""
+    """(pid, uid) of every live process running as one of this session's job uids."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

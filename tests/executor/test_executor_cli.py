@@ -40,7 +40,7 @@ def test_check_records(tmp_path: Path):
     data.write_text("\n".join(lines) + "\n")
     out = tmp_path / "results.jsonl"
     done = azr("check", str(data), "--out", str(out))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # some records failed: a script can tell
     results = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["index"] for r in results] == list(range(8))
     assert [r["status"] for r in results] == ["ok"] * 5 + ["error", "invalid", "invalid"]
@@ -60,11 +60,34 @@ def test_check_validate_to_stdout(tmp_path: Path):
         {"snippet": "def f(x):\n    return sorted(x)", "input": "[3, 1]", "output": "[1, 3]"},
     ]) + "\n")  # fmt: skip
     done = azr("check", str(data), "executor.timeout_s=5", "--validate")  # overrides: after FILE
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # two proposals are invalid
     results = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(r["status"], r.get("error_type")) for r in results] == [
         ("invalid", "BannedImport"), ("invalid", "NonDeterministic"), ("ok", None)]  # fmt: skip
     assert results[2]["match"] is True
+
+
+def test_check_exit_status_says_whether_every_record_passed(tmp_path: Path):
+    require_sandbox()
+    data = tmp_path / "good.jsonl"
+    data.write_text(
+        json.dumps({"code": "def f(x):\n    return x * 2", "input": "2", "output": "4"})
+    )
+    done = azr("check", str(data))
+    assert done.returncode == 0, done.stderr
+    data.write_text(
+        json.dumps({"code": "def f(x):\n    return x * 2", "input": "2", "output": "5"})
+    )
+    assert azr("check", str(data)).returncode == 1  # ran, but did not reproduce its output
+
+
+def test_check_of_a_missing_file_is_one_line(tmp_path: Path):
+    done = azr("check", str(tmp_path / "nope.jsonl"))
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == f"azr executor: cannot read {tmp_path}/nope.jsonl: No such file or directory"
+    )
 
 
 def test_doctor_verifies_every_layer():

@@ -10,10 +10,18 @@ import threading
 from pathlib import Path
 
 import pytest
-from executor_helpers import JOB_UID_BASE, ROOT, require_sandbox, run1, seen, src
+from executor_helpers import (
+    JOB_UID_BASE,
+    ROOT,
+    executor_config,
+    require_sandbox,
+    run1,
+    seen,
+    src,
+)
 
 from megatron_azr.azr.protocols import Job
-from megatron_azr.executor import ExecutorConfig, SandboxExecutor
+from megatron_azr.executor import SandboxExecutor
 from megatron_azr.executor.runtime.zygote import ONE_THREAD
 
 pytestmark = pytest.mark.sandbox
@@ -47,7 +55,7 @@ def test_fresh_process_per_job(clean):
 def test_no_inherited_environment(monkeypatch):
     require_sandbox()
     monkeypatch.setenv("AZR_TEST_SECRET", "hunter2")
-    with SandboxExecutor(ExecutorConfig(workers=2)) as ex:
+    with SandboxExecutor(executor_config(workers=2)) as ex:
         env = seen(run1(ex, "import os\ndef f(x):\n    return dict(os.environ)"))
     assert env == ONE_THREAD  # nothing inherited; only the one-thread settings of BLAS/OpenMP
 
@@ -134,7 +142,7 @@ def test_network_namespace_alone_blocks_the_host():
             except OSError as e:
                 return type(e).__name__, socket.if_nameindex()
     """)
-    with SandboxExecutor(ExecutorConfig(workers=2, seccomp=False)) as ex:
+    with SandboxExecutor(executor_config(workers=2, seccomp=False)) as ex:
         outcome = seen(run1(ex, program, str(srv.getsockname()[1])))
     thread.join()
     srv.close()
@@ -188,7 +196,7 @@ def test_seccomp_filter_in_every_job(clean):
 
 def test_cgroup_caps_the_whole_worker():
     require_sandbox()
-    cfg = ExecutorConfig(workers=2, memory_mb=512, tmpfs_mb=16)
+    cfg = executor_config(workers=2, memory_mb=512, tmpfs_mb=16)
     with SandboxExecutor(cfg) as ex:
         support = ex.spec.platform.cgroups
         if not support.available:

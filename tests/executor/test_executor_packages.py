@@ -4,10 +4,10 @@ fix 4): importable, read-only, nothing else of site-packages, a missing one refu
 from __future__ import annotations
 
 import pytest
-from executor_helpers import run1, seen, src
+from executor_helpers import executor_config, run1, seen, src
 
 from megatron_azr.azr.protocols import Job
-from megatron_azr.executor import ExecutorConfig, ExecutorError, SandboxExecutor, SandboxUnavailable
+from megatron_azr.executor import ExecutorError, SandboxExecutor, SandboxUnavailable
 
 pytestmark = pytest.mark.sandbox
 
@@ -37,7 +37,7 @@ def test_preloaded_packages_are_in_the_fork_server():
             return sorted(m for m in ('numpy', 'sympy', 'yaml') if m in sys.modules)
     """)
     # yaml is not exposed, so it is not preloaded either (and not importable).
-    with SandboxExecutor(ExecutorConfig(workers=2, preload=["numpy", "yaml"])) as ex:
+    with SandboxExecutor(executor_config(workers=2, preload=["numpy", "yaml"])) as ex:
         assert ex.spec.preloaded_packages == ["numpy"]
         assert seen(run1(ex, program)) == ["numpy"]
 
@@ -74,17 +74,17 @@ def test_only_the_listed_packages(clean):
 
 
 def test_standard_library_only_and_missing_packages():
-    with SandboxExecutor(ExecutorConfig(workers=2, packages=[])) as ex:
+    with SandboxExecutor(executor_config(workers=2, packages=[])) as ex:
         r = run1(ex, "import numpy\ndef f(x):\n    return x")
         assert r.error_type == "ModuleNotFoundError"
         assert ex.spec.package_path("/tmp") == ""
     with pytest.raises(SandboxUnavailable, match="no-such-distribution"):
-        SandboxExecutor(ExecutorConfig(workers=2, packages=["numpy", "no-such-distribution"]))
+        SandboxExecutor(executor_config(workers=2, packages=["numpy", "no-such-distribution"]))
 
 
 def test_a_package_that_does_not_import_stops_the_pool():
     # Debian's python3-sympy declares no requirements, so mpmath is not exposed with it: the
     # check at start imports each package in a job and names the one that fails.
-    cfg = ExecutorConfig(workers=2, python="/usr/bin/python3", packages=["sympy"])
+    cfg = executor_config(workers=2, python="/usr/bin/python3", packages=["sympy"])
     with pytest.raises(ExecutorError, match=r"'sympy' does not import.*mpmath"):
         SandboxExecutor(cfg)

@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-from executor_helpers import job_processes, require_sandbox, run1, serves, src
+from executor_helpers import (
+    JOB_UID_BASE,
+    executor_config,
+    job_processes,
+    require_sandbox,
+    run1,
+    serves,
+    src,
+)
 
 from megatron_azr.azr.protocols import Job
 from megatron_azr.config import ConfigError, load_config
@@ -64,14 +72,14 @@ def test_unconfined_is_refused_without_explicit_opt_in():
 @pytest.mark.sandbox
 def test_unconfined_mode_keeps_the_per_job_layers():
     require_sandbox()
-    cfg = ExecutorConfig(workers=2, sandbox="unconfined", allow_unconfined=True)
+    cfg = executor_config(workers=2, sandbox="unconfined", allow_unconfined=True)
     stdlib = sandbox.find_interpreter("").stdlib
     if not sandbox._readable_by_others(stdlib):
         # Job uids cannot read this interpreter outside a mount namespace: refused, with the fix.
         with pytest.raises(SandboxUnavailable, match=r"executor\.python"):
             SandboxExecutor(cfg)
         # Debian's python3-sympy declares no requirements: mpmath must be listed.
-        cfg = ExecutorConfig(workers=2, sandbox="unconfined", allow_unconfined=True,
+        cfg = executor_config(workers=2, sandbox="unconfined", allow_unconfined=True,
                              python="/usr/bin/python3",
                              packages=["numpy", "sympy", "mpmath"])  # fmt: skip
     with SandboxExecutor(cfg) as ex:
@@ -90,7 +98,7 @@ def test_unconfined_mode_keeps_the_per_job_layers():
                 return out + [int(numpy.int64(2) * 3), str(sympy.sqrt(8))]
         """)
         r = run1(ex, f"ONE_THREAD = {ONE_THREAD!r}\n" + probe)
-        assert r.ok and r.outputs[0].startswith("[99000")
+        assert r.ok and r.outputs[0].startswith(f"[{JOB_UID_BASE}")
         # Nothing inherited; seccomp: no sockets at all; the exposed packages import.
         assert r.outputs[0].endswith("True, 13, 13, 6, '2*sqrt(2)']")
         r = run1(ex, "import yaml\ndef f(x):\n    return x")  # installed, not listed
@@ -113,7 +121,7 @@ def test_unconfined_mode_keeps_the_per_job_layers():
 @pytest.mark.sandbox
 def test_close_leaves_nothing_behind():
     require_sandbox()
-    ex = SandboxExecutor(ExecutorConfig(workers=2))
+    ex = SandboxExecutor(executor_config(workers=2))
     assert serves(ex)
     pids = [w.proc.pid for w in ex.workers if w.proc is not None]
     groups = [d for w in ex.workers if w.group is not None for d in w.group.dirs]
@@ -128,7 +136,7 @@ def test_close_leaves_nothing_behind():
 @pytest.mark.sandbox
 def test_a_forgotten_pool_is_cleaned_up_by_the_collector():
     require_sandbox()
-    ex = SandboxExecutor(ExecutorConfig(workers=2))
+    ex = SandboxExecutor(executor_config(workers=2))
     pids = [w.proc.pid for w in ex.workers if w.proc is not None]
     del ex
     gc.collect()
@@ -197,6 +205,6 @@ def test_workers_that_cannot_start_fail_fast(monkeypatch):
     monkeypatch.setattr(sandbox, "RUNTIME_DIR", "/nonexistent-runtime")
     t0 = time.monotonic()
     with pytest.raises(ExecutorError, match="failed to start"):
-        SandboxExecutor(ExecutorConfig(workers=2))
+        SandboxExecutor(executor_config(workers=2))
     assert time.monotonic() - t0 < 60
     assert job_processes() == []

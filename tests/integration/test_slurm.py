@@ -35,7 +35,7 @@ def box(tmp_path_factory):
     if missing:
         pytest.skip(
             f"Slurm binaries missing ({', '.join(missing)}): apt-get install slurmctld slurmd "
-            "slurm-client (scripts/setup.sh does it as root)"
+            "slurm-client (scripts/setup.sh --tests does it as root)"
         )
     box = SlurmBox(tmp_path_factory.mktemp("slurm"))
     try:

@@ -4,26 +4,12 @@ is the loop, its checkpoints and its layouts, not learning)."""
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from processes import ROOT, child_env, torchrun_cmd
-from tiny_run import FAST, metrics
+from tiny_run import azr_train, metrics
 
 pytestmark = pytest.mark.slow
-
-
-def azr_train(out: Path, *overrides: str, nproc: int = 1) -> subprocess.CompletedProcess[str]:
-    args = ["--config", "configs/tiny_cpu.yaml", f"run.output_dir={out}", *FAST, *overrides]
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "megatron_azr.cli", "train", *args]
-    else:
-        cmd = [*torchrun_cmd(nproc), "-m", "megatron_azr.cli", "train", *args]
-    r = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    return r
 
 
 def buffers(out: Path, step: int) -> dict[str, str]:

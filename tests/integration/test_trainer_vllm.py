@@ -95,13 +95,14 @@ from megatron_azr.azr.protocols import Role, SamplingParams, TaskType, TrainSamp
 from megatron_azr.config import load_config
 from megatron_azr.train.actor import Actor
 from megatron_azr.train.dist import init_process_group
-from megatron_azr.trainer import latest_checkpoint, load_checkpoint, make_rollout
+from megatron_azr.rundir import find_resume
+from megatron_azr.trainer import load_checkpoint, make_rollout
 
 cfg = load_config(Path("configs/tiny_cpu.yaml"), json.loads(sys.argv[1]))
 out = Path(cfg.run.output_dir)
 init_process_group()
 actor = Actor(cfg.model.arch, cfg.parallel, cfg.actor)
-load_checkpoint(actor, latest_checkpoint(out), cfg)
+load_checkpoint(actor, find_resume(out).path, cfg)
 rollout = make_rollout(cfg, out / "rollout_model")
 rollout.push_weights(actor)
 prompts = ["def f(a):", "x = [1, 2, 3]"]

@@ -18,7 +18,7 @@ from kernels.logprob_entropy import resolve_backend, row_stats, triton_available
 from megatron_azr.train.logprobs import logprob_and_entropy
 
 ROOT = Path(__file__).resolve().parents[2]
-# Where scripts/setup.sh installs triton, outside the environment (it breaks `import vllm`).
+# Where scripts/setup.sh --tests installs triton, outside the environment (it breaks `import vllm`).
 TRITON_DIR = Path(os.environ.get("AZR_TRITON_INTERP", ROOT / ".cache" / "triton-interp"))
 
 
@@ -147,7 +147,7 @@ def test_chunked_keeps_only_logits_and_gradient_at_full_size():
 def _pytest_with_triton(cases: str, tmp_path: Path, interpret: bool) -> None:
     """Run ``cases`` with pytest in a subprocess that sees the isolated triton install."""
     if not (TRITON_DIR / "triton" / "__init__.py").exists():
-        pytest.fail(f"no triton under {TRITON_DIR}: run scripts/setup.sh (installs it there)")
+        pytest.fail(f"no triton under {TRITON_DIR}: run scripts/setup.sh --tests")
     env = {
         **os.environ,
         "PYTHONPATH": f"{TRITON_DIR}{os.pathsep}{ROOT}",
