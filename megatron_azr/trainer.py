@@ -207,10 +207,15 @@ def make_rollout(
 
 
 def make_executor(cfg: Config, stack: ExitStack) -> Executor:
-    from megatron_azr.executor.pool import SandboxExecutor
+    """The local sandboxed pool, or the farm when ``executor.endpoints``/``rendezvous`` name one
+    (relative farm paths are in the run directory), on rank 0."""
+    from megatron_azr.executor.remote import open_executor
 
-    local = stack.enter_context(SandboxExecutor(cfg.executor)) if _is_leader() else None
-    return LeaderExecutor(local)
+    if not _is_leader():
+        return LeaderExecutor(None)
+    executor = open_executor(cfg.executor, cfg.run.output_dir)
+    stack.callback(executor.close)
+    return LeaderExecutor(executor)
 
 
 class LeaderRollout:
