@@ -34,6 +34,11 @@ fi
 
 AZR_PYTHON=${AZR_PYTHON:-python}
 
+# A heterogeneous job's batch shell sees component 0's CPUs per task only under a suffixed name.
+if [[ -z ${SLURM_CPUS_PER_TASK:-} && -n ${SLURM_CPUS_PER_TASK_HET_GROUP_0:-} ]]; then
+    export SLURM_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK_HET_GROUP_0
+fi
+
 _azr_env() {
     MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
     export MASTER_ADDR
@@ -80,6 +85,7 @@ azr_launch() {
 
     cd "$AZR_ROOT" || return 2
     local -a overrides=("$@" "run.output_dir=$out")
+    _azr_farm_start "$config" || return $?
     "$AZR_PYTHON" slurm/preflight.py --world "$SLURM_NTASKS" "$config" "${overrides[@]}" ||
         return $?
 
@@ -95,6 +101,58 @@ azr_launch() {
         wait "$pid" || rc=$?
     done
     return "$rc"
+}
+
+# The executor farm of a heterogeneous job (README "Executor farm"). Component 1 of the job
+# (`#SBATCH hetjob` in azr_14b.sh, azr_7b.sh, azr_tiny_cpu.sh) runs one `azr executor serve`
+# per node, one sandboxed worker per CPU of the node; the trainer (component 0) sends its
+# executor jobs there over HTTP. The servers announce themselves in <run>/farm/ and share the
+# bearer token <run>/farm/token (0600, new for every job); their output goes to
+# <run>/farm/serve-<node>.out. When the job's shell exits they drain (SIGTERM through scancel:
+# srun turns a SIGTERM of its own into a kill) and leave their last /metrics in
+# <run>/farm/metrics-<host>-<port>.prom. AZR_FARM_WAIT: seconds to wait for every server to
+# announce itself (default 600). A job without a second component keeps the local pool.
+_azr_farm_start() {
+    [[ ${SLURM_HET_SIZE:-1} -ge 2 ]] || return 0
+    local config=$1 farm=$_AZR_OUT/farm wait=${AZR_FARM_WAIT:-600}
+    local servers=${SLURM_JOB_NUM_NODES_HET_GROUP_1:?} up=0
+    mkdir -p "$farm"
+    rm -f "$farm"/token "$farm"/server-*.json
+    "$AZR_PYTHON" -c 'import sys; from megatron_azr.executor.wire import write_token
+write_token(sys.argv[1])' "$farm/token" || return 2
+    # Seen by the caller (bash scoping): the trainer and the preflight use the farm.
+    overrides+=("executor.rendezvous=$farm" "executor.token_file=$farm/token")
+    srun --het-group=1 --job-name=azr-farm --ntasks-per-node=1 --kill-on-bad-exit=0 \
+        --output="$farm/serve-%N.out" bash -c 'exec "$0" -m megatron_azr.cli executor serve \
+            --host 0.0.0.0 --port 0 --token-file "$1" --rendezvous "$2" "${@:3}" \
+            executor.workers="$SLURM_CPUS_ON_NODE"' \
+        "$AZR_PYTHON" "$farm/token" "$farm" --config "$config" "${overrides[@]}" &
+    _AZR_FARM_PID=$!
+    trap _azr_farm_stop EXIT
+    local deadline=$((SECONDS + wait))
+    while ((up < servers)); do
+        if ! kill -0 "$_AZR_FARM_PID" 2>/dev/null; then
+            echo "azr: the executor farm ended before serving; see $farm/serve-*.out" >&2
+            return 2
+        fi
+        if ((SECONDS > deadline)); then
+            echo "azr: $up of $servers executor farm servers announced themselves in" \
+                "$wait s (AZR_FARM_WAIT); see $farm/serve-*.out" >&2
+            return 2
+        fi
+        sleep 1
+        up=$(compgen -G "$farm/server-*.json" | wc -l)
+    done
+    echo "azr: executor farm: $servers servers on $SLURM_JOB_NODELIST_HET_GROUP_1," \
+        "$(sed -n 's/.*"url": "\([^"]*\)".*/\1/p' "$farm"/server-*.json | tr '\n' ' ')"
+}
+
+_azr_farm_stop() {
+    local step
+    step=$(scontrol show step -o 2>/dev/null |
+        sed -n "s/^StepId=\(${SLURM_JOB_ID_HET_GROUP_1:-x}\.[0-9]*\) .* Name=azr-farm .*/\1/p")
+    [[ -z $step ]] || scancel --signal=TERM "$step"
+    wait "$_AZR_FARM_PID" 2>/dev/null || true
 }
 
 azr_array_entry() {

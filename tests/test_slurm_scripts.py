@@ -26,8 +26,9 @@ def _repo_cwd(monkeypatch):
     monkeypatch.chdir(ROOT)  # config paths (seeds) are relative to the checkout, as in a job
 
 
-def sbatch_options(script: str) -> dict[str, str]:
-    text = (ROOT / "slurm" / script).read_text()
+def sbatch_options(script: str, component: int = 0) -> dict[str, str]:
+    """The #SBATCH options of one component of a (heterogeneous) job script."""
+    text = (ROOT / "slurm" / script).read_text().split("#SBATCH hetjob")[component]
     return dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?", text, re.M))
 
 
@@ -188,3 +189,11 @@ def test_shipped_recipe_without_weights_fails_with_a_clear_error(tmp_path, capsy
     assert rc == 2
     assert "model.path /models/Qwen2.5-Coder-14B does not exist" in err
     assert "Qwen/Qwen2.5-Coder-14B" in err and "azr convert hf-to-mcore" in err
+
+
+@pytest.mark.parametrize("script", ["azr_14b.sh", "azr_7b.sh", "azr_tiny_cpu.sh"])
+def test_recipes_run_the_executor_farm_as_a_second_component(script):
+    # One `azr executor serve` per node of component 1 (slurm/launch.sh, _azr_farm_start).
+    farm = sbatch_options(script, component=1)
+    assert farm["ntasks-per-node"] == "1" and "gpus-per-node" not in farm
+    assert farm["time"] == sbatch_options(script)["time"]

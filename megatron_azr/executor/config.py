@@ -65,11 +65,14 @@ class ExecutorConfig:
     rendezvous: str = ""
     token_file: str = ""
     # Client side: jobs in flight over the whole farm, requests in flight per server, jobs per
-    # request at most; a request times out at its jobs' budget plus farm_margin_s; retries and
-    # health probes back off from farm_backoff_s, doubling to farm_backoff_max_s, with jitter;
-    # the step fails when no server has answered for farm_deadline_s.
+    # request at least (a server runs a request as one pool run, whose tail idles workers:
+    # small requests cost throughput) and at most; a request times out at its jobs' budget
+    # plus farm_margin_s; retries and health probes back off from farm_backoff_s, doubling to
+    # farm_backoff_max_s, with jitter; the step fails when no server has answered for
+    # farm_deadline_s.
     farm_max_inflight: int = 8192
     farm_requests_per_server: int = 2
+    farm_min_jobs_per_request: int = 64
     farm_max_jobs_per_request: int = 512
     farm_margin_s: float = 30.0
     farm_backoff_s: float = 0.5
@@ -100,7 +103,8 @@ class ExecutorConfig:
             raise ValueError(f"endpoints must be http(s):// URLs, got {bad}")
         if self.farm and not self.token_file:
             raise ValueError("the farm (endpoints or rendezvous) needs token_file")
-        ints = ("farm_max_inflight", "farm_requests_per_server", "farm_max_jobs_per_request")
+        ints = ("farm_max_inflight", "farm_requests_per_server", "farm_min_jobs_per_request",
+                "farm_max_jobs_per_request")  # fmt: skip
         floats = ("farm_margin_s", "farm_backoff_s", "farm_backoff_max_s", "farm_deadline_s")
         for name in (*ints, *floats):
             if not getattr(self, name) > 0:

@@ -225,12 +225,13 @@ class _Call:
 
     def _chunks(self, slots: list[int]) -> list[_Chunk]:
         """About two rounds of requests over the servers known now, so that a faster server
-        takes more of them and a lost request costs little."""
+        takes more of them and a lost request costs little; none smaller than
+        ``farm_min_jobs_per_request`` or larger than any server takes."""
         servers = max(1, len(self.farm.servers))
         per = math.ceil(len(slots) / (2 * self.cfg.farm_requests_per_server * servers))
         limit = min([self.cfg.farm_max_jobs_per_request,
                      *(s.max_jobs for s in self.farm.servers.values())])  # fmt: skip
-        size = max(1, min(per, limit))
+        size = max(1, min(max(per, self.cfg.farm_min_jobs_per_request), limit))
         return [_Chunk(slots[i : i + size]) for i in range(0, len(slots), size)]
 
     def _in_flight(self) -> int:

@@ -44,13 +44,13 @@ def token_file(tmp_path_factory) -> Path:
 def server(token_file):
     """One server with small limits: 64 jobs and 1 MiB per request."""
     require_sandbox()
-    s = FarmServer(token_file, UIDS[0], "--max-jobs", "64", "--max-request-mb", "1").start()
-    yield s
+    s = FarmServer(token_file, UIDS[0], "--max-jobs", "64", "--max-request-mb", "1")
+    yield s.start()
     s.stop()
 
 
 def client(token_file: Path, *urls: str, **kw: object) -> RemoteExecutor:
-    fast = {"farm_backoff_s": 0.1, "farm_backoff_max_s": 1.0}
+    fast = {"farm_backoff_s": 0.1, "farm_backoff_max_s": 1.0, "farm_min_jobs_per_request": 1}
     cfg = ExecutorConfig(endpoints=list(urls), token_file=str(token_file), **{**fast, **kw})  # type: ignore[arg-type]
     return RemoteExecutor(cfg)
 
@@ -170,7 +170,8 @@ def test_a_token_file_others_can_read_is_refused(token_file, tmp_path):
 def test_sigterm_drains_what_was_accepted_then_leaves_the_rendezvous(token_file, tmp_path):
     require_sandbox()
     rendezvous = tmp_path / "farm"
-    s = FarmServer(token_file, UIDS[1], "--rendezvous", str(rendezvous)).start()
+    s = FarmServer(token_file, UIDS[1], "--rendezvous", str(rendezvous))
+    s.start()
     [entry] = rendezvous.glob("server-*.json")
     assert json.loads(entry.read_text())["url"] == s.url
     token = wire.read_token(token_file)
@@ -212,8 +213,9 @@ def test_sigterm_drains_what_was_accepted_then_leaves_the_rendezvous(token_file,
 @pytest.mark.slow
 def test_a_server_killed_mid_batch_costs_no_verdict_and_rejoins_after_restart(token_file, pool):
     require_sandbox()
-    a = FarmServer(token_file, UIDS[1]).start()
-    b = FarmServer(token_file, UIDS[2]).start()
+    a, b = FarmServer(token_file, UIDS[1]), FarmServer(token_file, UIDS[2])
+    a.start()
+    b.start()
     try:
         farm = client(token_file, a.url, b.url)
         jobs = slow_jobs(160, "chaos")  # 8 requests of 20 jobs, ~0.5 s each
@@ -235,7 +237,8 @@ def test_a_server_killed_mid_batch_costs_no_verdict_and_rejoins_after_restart(to
         time.sleep(0.5)
         assert job_processes(UIDS[1], 2) == []
 
-        a = FarmServer(token_file, UIDS[1], port=a.port).start()  # same address
+        a = FarmServer(token_file, UIDS[1], port=a.port)  # same address
+        a.start()
         time.sleep(1.1)  # the client's probe backoff (farm_backoff_max_s) has passed
         again = slow_jobs(80, "rejoin")
         assert [r.outputs for r in farm.run(again)] == [[repr([i] * 3)] for i in range(80)]

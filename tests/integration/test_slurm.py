@@ -2,7 +2,8 @@
 the test, see slurm_box.py): what cluster users run, with CPU resources instead of GPUs.
 
 - slurm/azr_tiny_cpu.sh (the launch code of azr_14b.sh): two srun tasks form one TP=2 group,
-  train, log per rank, write metrics and a checkpoint;
+  train, log per rank, write metrics and a checkpoint; the job's second component, on another
+  node, is the executor farm that the trainer's executor jobs go to over HTTP;
 - a new job pointed at that run directory resumes it; SIGUSR1 (what Slurm sends before the time
   limit) makes the job requeue itself, and the requeued job resumes from checkpoints/latest and
   replays the steps after it exactly;
@@ -13,12 +14,14 @@ the test, see slurm_box.py): what cluster users run, with CPU resources instead 
 from __future__ import annotations
 
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from slurm_box import SlurmBox, missing_binaries
 from tiny_run import FAST, VOLATILE, metrics
 
@@ -37,7 +40,7 @@ def box(tmp_path_factory):
             f"Slurm binaries missing ({', '.join(missing)}): apt-get install slurmctld slurmd "
             "slurm-client (scripts/setup.sh does it as root)"
         )
-    box = SlurmBox(tmp_path_factory.mktemp("slurm"))
+    box = SlurmBox(tmp_path_factory.mktemp("slurm"), nodes=2)  # heterogeneous jobs need two
     try:
         box.start()
         yield box
@@ -136,6 +139,39 @@ def test_tiny_cpu_job_trains_on_two_tasks(first_run, submit_dir):
     slurm_out = (submit_dir / f"azr-tiny-cpu-{job_id}.out").read_text()
     assert "azr preflight: tiny-cpu: 2 tasks = tp 2 x pp 1 x dp 1" in slurm_out
     assert re.search(r"^1: .*\[rank 1\]", slurm_out, re.M)  # srun --label: task 1's stream
+
+
+def test_tiny_cpu_job_verifies_on_its_farm_component_over_http(first_run, submit_dir):
+    job_id, out = first_run
+    slurm_out = (submit_dir / f"azr-tiny-cpu-{job_id}.out").read_text()
+    trainer_nodes = re.search(r"^azr: job \S+ \(restart 0\) on (\S+),", slurm_out, re.M)[1]
+    farm = re.search(r"^azr: executor farm: 1 servers on (\S+), (http://\S+)", slurm_out, re.M)
+    assert farm is not None, slurm_out[-3000:]
+    assert farm[1] != trainer_nodes  # the two components ran on different nodes
+    assert stat.S_IMODE((out / "farm" / "token").stat().st_mode) == 0o600
+    recorded = yaml.safe_load((out / "config.yaml").read_text())["executor"]
+    assert recorded["rendezvous"] == str(out / "farm")
+    [serve_log] = (out / "farm").glob("serve-*.out")
+    assert serve_log.name == f"serve-{farm[1]}.out"
+    assert f"azr executor serve: {farm[2]}/v1/run" in serve_log.read_text()
+    assert "drained, stopped" in serve_log.read_text()  # SIGTERM at the job's end: a drain
+    assert not list((out / "farm").glob("server-*.json"))  # it left the rendezvous
+
+    # Every job the trainer sent was answered by the farm, and counted there once.
+    log = (out / "logs" / "rank0.log").read_text()
+    sent = [int(n) for n in re.findall(r"executor farm: (\d+) jobs answered by 1 servers", log)]
+    assert sent and sum(sent) > 0
+    [final] = (out / "farm").glob("metrics-*.prom")
+    families = {f.name: f for f in text_string_to_metric_families(final.read_text())}
+    counted = {tuple(sorted(s.labels.items())): s.value
+               for s in families["azr_farm_jobs"].samples}  # fmt: skip
+    assert sum(counted.values()) == sum(sent)
+    assert {dict(k)["kind"] for k in counted} >= {"validate"}
+    requests = {s.labels["code"]: s.value for s in families["azr_farm_requests"].samples}
+    answered = [s.value for s in families["azr_farm_request_seconds"].samples
+                if s.name.endswith("_count")]  # fmt: skip
+    assert requests == {"200": answered[0]}  # nothing refused, every request timed
+    assert [row["step"] for row in metrics(out, keep_volatile=True)] == [1]
 
 
 def test_resubmitted_run_resumes_and_requeues_itself_on_sigusr1(box, first_run, submit_dir):
