@@ -1,7 +1,7 @@
 """What travels between the farm's servers and their clients: jobs, results, the token.
 
-Both directions are parsed strictly with the typed config loader (``config.from_dict``): an
-unknown field, a wrong type or a non-finite number is refused with one line naming the field,
+Both directions are parsed strictly against the dataclasses' annotations: an unknown or
+missing field, a wrong type or a non-finite number is refused with one line naming the field,
 never coerced. Nothing in a job is evaluated here; the sandbox runs it.
 """
 
@@ -11,8 +11,10 @@ import dataclasses
 import json
 import os
 import stat
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from megatron_azr.azr.protocols import ExecResult, Job
 
@@ -36,13 +38,88 @@ def loads(body: bytes) -> Any:
         raise WireError(f"not JSON: {e}") from None
 
 
-def _typed(cls: type[Any], data: Any, where: str) -> Any:
-    from megatron_azr.config import ConfigError, from_dict
+def _kind_of(value: Any) -> str:
+    return type(value).__name__
 
-    try:
-        return from_dict(cls, data, where)
-    except ConfigError as e:
-        raise WireError(str(e).replace("\n", " ")) from None
+
+def _checker(tp: Any) -> Callable[[Any], Any]:
+    """A converter for one annotation of Job/ExecResult: returns the value or raises a
+    ``TypeError`` that says what was expected."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        allowed = set(args)
+
+        def literal(v: Any) -> Any:
+            if isinstance(v, str) and v in allowed:
+                return v
+            raise TypeError(f"one of {sorted(allowed)}, got {v!r}"[:200])
+
+        return literal
+    if origin in (list, tuple):
+        item = args[0]
+        container = tuple if origin is tuple else list
+
+        def items(v: Any) -> Any:
+            if not isinstance(v, list) or not all(type(x) is item for x in v):
+                raise TypeError(f"a list of {item.__name__}, got {_kind_of(v)}")
+            return container(v)
+
+        return items
+    if tp is float:
+
+        def number(v: Any) -> float:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise TypeError(f"a number, got {_kind_of(v)}")
+            return float(v)
+
+        return number
+
+    def exact(v: Any) -> Any:
+        if type(v) is not tp:
+            raise TypeError(f"{tp.__name__}, got {_kind_of(v)}")
+        return v
+
+    return exact
+
+
+_FIELDS: dict[type[Any], tuple[dict[str, Callable[[Any], Any]], frozenset[str]]] = {}
+
+
+def _fields(cls: type[Any]) -> tuple[dict[str, Callable[[Any], Any]], frozenset[str]]:
+    """(converter per field, the required fields) of a dataclass, computed once."""
+    if cls not in _FIELDS:
+        _FIELDS[cls] = _compute_fields(cls)
+    return _FIELDS[cls]
+
+
+def _compute_fields(cls: type[Any]) -> tuple[dict[str, Callable[[Any], Any]], frozenset[str]]:
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    required = frozenset(
+        f.name for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )  # fmt: skip
+    return {f.name: _checker(hints[f.name]) for f in fields}, required
+
+
+def _typed(cls: type[Any], data: Any, where: str) -> Any:
+    """``cls(**data)``, strictly: no unknown or missing field, every value of its type."""
+    checkers, required = _fields(cls)
+    if not isinstance(data, dict):
+        raise WireError(f"{where}: expected an object, got {_kind_of(data)}")
+    unknown = data.keys() - checkers.keys()
+    if unknown:
+        raise WireError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+    missing = required - data.keys()
+    if missing:
+        raise WireError(f"{where}: missing field {sorted(missing)[0]!r}")
+    values = {}
+    for name, value in data.items():
+        try:
+            values[name] = checkers[name](value)
+        except TypeError as e:
+            raise WireError(f"{where}.{name}: expected {e}") from None
+    return cls(**values)
 
 
 def _listed(body: Any, key: str) -> list[Any]:
@@ -55,8 +132,14 @@ def _listed(body: Any, key: str) -> list[Any]:
     return items
 
 
+def _plain(obj: Any) -> dict[str, Any]:
+    """A job's or result's fields (flat: JSON writes its tuples as lists), without the copying
+    of ``dataclasses.asdict``."""
+    return {name: getattr(obj, name) for name in _fields(type(obj))[0]}
+
+
 def jobs_to_body(jobs: list[Job]) -> dict[str, Any]:
-    return {"jobs": [dataclasses.asdict(j) for j in jobs]}
+    return {"jobs": [_plain(j) for j in jobs]}
 
 
 def jobs_from_body(body: Any) -> list[Job]:
@@ -64,7 +147,7 @@ def jobs_from_body(body: Any) -> list[Job]:
 
 
 def results_to_body(results: list[ExecResult]) -> dict[str, Any]:
-    return {"results": [dataclasses.asdict(r) for r in results]}
+    return {"results": [_plain(r) for r in results]}
 
 
 def results_from_body(body: Any) -> list[ExecResult]:
