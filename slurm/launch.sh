@@ -121,7 +121,7 @@ _azr_farm_start() {
     "$AZR_PYTHON" -c 'import sys; from megatron_azr.executor.wire import write_token
 write_token(sys.argv[1])' "$farm/token" || return 2
     # Seen by the caller (bash scoping): the trainer and the preflight use the farm.
-    overrides+=("executor.rendezvous=$farm" "executor.token_file=$farm/token")
+    overrides+=("executor.token_file=$farm/token" "executor.rendezvous=$farm")
     srun --het-group=1 --job-name=azr-farm --ntasks-per-node=1 --kill-on-bad-exit=0 \
         --output="$farm/serve-%N.out" bash -c 'exec "$0" -m megatron_azr.cli executor serve \
             --host 0.0.0.0 --port 0 --token-file "$1" --rendezvous "$2" "${@:3}" \

@@ -101,8 +101,6 @@ class ExecutorConfig:
         bad = [u for u in self.endpoints if not u.startswith(("http://", "https://"))]
         if bad:
             raise ValueError(f"endpoints must be http(s):// URLs, got {bad}")
-        if self.farm and not self.token_file:
-            raise ValueError("the farm (endpoints or rendezvous) needs token_file")
         ints = ("farm_max_inflight", "farm_requests_per_server", "farm_min_jobs_per_request",
                 "farm_max_jobs_per_request")  # fmt: skip
         floats = ("farm_margin_s", "farm_backoff_s", "farm_backoff_max_s", "farm_deadline_s")

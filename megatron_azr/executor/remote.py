@@ -116,6 +116,8 @@ class RemoteExecutor:
     def __init__(self, cfg: ExecutorConfig, base_dir: str | Path = ".") -> None:
         if not cfg.farm:
             raise ExecutorError("executor farm: neither executor.endpoints nor rendezvous is set")
+        if not cfg.token_file:
+            raise ExecutorError("executor farm: executor.token_file is not set")
         self.cfg = cfg
         base = Path(base_dir)
         try:

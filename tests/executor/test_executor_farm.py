@@ -272,8 +272,8 @@ def test_backoff_doubles_to_its_cap_with_jitter():
 
 
 def test_the_farm_is_chosen_by_config_with_paths_in_the_run_directory(tmp_path):
-    with pytest.raises(ValueError, match="needs token_file"):
-        ExecutorConfig(endpoints=["http://a:1"])
+    with pytest.raises(ExecutorError, match="token_file is not set"):
+        open_executor(ExecutorConfig(endpoints=["http://a:1"]))
     with pytest.raises(ValueError, match="http"):
         ExecutorConfig(endpoints=["a:1"], token_file="t")
     (tmp_path / "farm").mkdir()

@@ -68,13 +68,9 @@ def sbatch(
 ) -> tuple[str, int]:
     """Submit ``script`` from ``submit_dir``; with ``wait``, block until the job (every task of
     an array) ends. Returns the job id and sbatch's exit code (the job's with ``wait``)."""
-    job_env = box.env(
-        AZR_ROOT=str(ROOT),
-        AZR_PYTHON=sys.executable,
-        PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="1",
-        **(env or {}),
-    )
+    defaults = {"AZR_ROOT": str(ROOT), "AZR_PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
+                "OMP_NUM_THREADS": "1"}  # fmt: skip
+    job_env = box.env(**{**defaults, **(env or {})})
     cmd = ["sbatch", "--parsable", *options, *(["--wait"] if wait else []), str(ROOT / script)]
     proc = subprocess.Popen(
         [*cmd, *args], cwd=submit_dir, env=job_env, stdout=subprocess.PIPE,
@@ -141,8 +137,27 @@ def test_tiny_cpu_job_trains_on_two_tasks(first_run, submit_dir):
     assert re.search(r"^1: .*\[rank 1\]", slurm_out, re.M)  # srun --label: task 1's stream
 
 
-def test_tiny_cpu_job_verifies_on_its_farm_component_over_http(first_run, submit_dir):
-    job_id, out = first_run
+@pytest.fixture(scope="module")
+def farm_run(box, submit_dir):
+    """The tiny job whose ranks train with the scripted policy (scripted_python.sh as
+    AZR_PYTHON): a random tiny model writes no task, so its steps would give the farm nothing
+    to check. Everything else is the shipped script and launch."""
+    scripted = {"AZR_PYTHON": str(ROOT / "tests" / "integration" / "scripted_python.sh"),
+                "AZR_TEST_PYTHON": sys.executable}  # fmt: skip
+    seeds = submit_dir / "farm-seeds"  # no seed files: the policy writes its own (spec §3)
+    seeds.mkdir()
+    job_id, rc = sbatch(
+        box, submit_dir, "slurm/azr_tiny_cpu.sh", "run.steps=1", "azr.batch_size=2",
+        "azr.n_learnability_samples=2", "azr.max_response_tokens=400", "run.name=farm",
+        f"azr.seed_io_path={seeds}/io.jsonl", f"azr.seed_induction_path={seeds}/code_f.jsonl",
+        "logging.wandb_mode=disabled", env=scripted, timeout=400,
+    )  # fmt: skip
+    assert rc == 0, job_output(submit_dir, job_id)
+    return job_id, submit_dir / "runs" / f"azr-tiny-cpu-{job_id}"
+
+
+def test_tiny_cpu_job_verifies_on_its_farm_component_over_http(farm_run, submit_dir):
+    job_id, out = farm_run
     slurm_out = (submit_dir / f"azr-tiny-cpu-{job_id}.out").read_text()
     trainer_nodes = re.search(r"^azr: job \S+ \(restart 0\) on (\S+),", slurm_out, re.M)[1]
     farm = re.search(r"^azr: executor farm: 1 servers on (\S+), (http://\S+)", slurm_out, re.M)
@@ -171,7 +186,10 @@ def test_tiny_cpu_job_verifies_on_its_farm_component_over_http(first_run, submit
     answered = [s.value for s in families["azr_farm_request_seconds"].samples
                 if s.name.endswith("_count")]  # fmt: skip
     assert requests == {"200": answered[0]}  # nothing refused, every request timed
-    assert [row["step"] for row in metrics(out, keep_volatile=True)] == [1]
+    [row] = metrics(out)
+    assert row["step"] == 1
+    for task in ("abduction", "deduction", "induction"):
+        assert row[f"{task}/propose/valid_rate"] == 1.0  # validated in the farm's sandbox
 
 
 def test_resubmitted_run_resumes_and_requeues_itself_on_sigusr1(box, first_run, submit_dir):
