@@ -1,11 +1,13 @@
 """What HTTP costs: CRUXEval through the local pool, one farm server and two, in one run.
 
 The servers are real ``azr executor serve`` processes on this machine (127.0.0.1), each with as
-many workers as the local pool; the client is ``RemoteExecutor``. The sides alternate for
-``--rounds`` rounds (load from other tenants falls on all of them alike); throughput is the
-median, p50/p99 come from jobs sent one at a time. On one machine two servers share its cores,
-so they show the client's splitting and its cost, not scaling (see the README for nodes). The
-last line is ``ratio: <one-server throughput / local throughput>`` on the first workload.
+many workers as the local pool; the client is ``RemoteExecutor``. Each call of ``--batch`` jobs
+goes to the three sides in turn (rotating order), ``--rounds`` times over the programs, so that
+load from other tenants falls on all of them alike; throughput is jobs over the summed time of
+a side's calls, p50/p99 come from jobs sent one at a time, interleaved the same way. On one
+machine two servers share its cores, so they show the client's splitting and its cost, not
+scaling (see the README for nodes). The last line is ``ratio: <one-server throughput / local
+throughput>`` on the first workload.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import json
 import os
 import select
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace, cfg: ExecutorConfig, banned: Sequence[str]) ->
                 s.stop()
     print(f"machine: {bench.machine()}; load average after: {os.getloadavg()[0]:.2f}")
     print(f"{len(programs)} CRUXEval programs, calls of {args.batch} jobs, {args.workers} "
-          f"workers per pool and server, median of {max(1, args.rounds)} rounds")  # fmt: skip
+          f"workers per pool and server, {max(1, args.rounds)} interleaved rounds")  # fmt: skip
     print("| executor | workload | programs/s | p50 ms | p99 ms | output == recorded |")
     print("|---|---|---:|---:|---:|---:|")
     for name, workload, tput, p50, p99, same in rows:
@@ -154,25 +155,36 @@ def _measure(
     args: argparse.Namespace, cfg: ExecutorConfig, banned: Sequence[str],
     programs: list[dict[str, str]], workloads: list[str], sides: dict[str, Any],
 ) -> list[tuple[str, str, float, float, float, int]]:  # fmt: skip
+    """Every call (and every latency probe) goes to each side in turn, the order rotating, so
+    that load from other tenants, which comes and goes within seconds, falls on all sides."""
     rows = []
+    names = list(sides)
     for workload in workloads:
-        ban = banned if workload == "validate" else None
-        seen: dict[str, tuple[list[float], list[float], list[str]]] = {n: ([], [], [])
-                                                                       for n in sides}  # fmt: skip
-        for _ in range(max(1, args.rounds)):
-            for name, ex in sides.items():
-                tputs, lats, outs = seen[name]
-                o, lat, elapsed = bench.run_project(
-                    ex, programs, args.batch, cfg, ban, args.latency_samples
-                )
-                tputs.append(len(programs) / elapsed)
-                lats += lat
-                outs[:] = o
-                print(f"{name} {workload}: {len(programs) / elapsed:.0f} programs/s", flush=True)
-        for name, (tputs, lats, outs) in seen.items():
-            same = sum(o == rec["output"] for o, rec in zip(outs, programs, strict=True))
-            rows.append((name, workload, statistics.median(tputs), bench._pct(lats, 50),
-                         bench._pct(lats, 99), same))  # fmt: skip
+        jobs = bench._jobs(programs, cfg, banned if workload == "validate" else None)
+        calls = [jobs[i : i + args.batch] for i in range(0, len(jobs), args.batch)]
+        spent = dict.fromkeys(names, 0.0)
+        outputs: dict[str, list[str]] = {n: [] for n in names}
+        for r in range(max(1, args.rounds)):
+            for i, call in enumerate(calls):
+                for name in names[(i + r) % 3 :] + names[: (i + r) % 3]:
+                    t = time.perf_counter()
+                    results = sides[name].run(call)
+                    spent[name] += time.perf_counter() - t
+                    if r == 0:
+                        outputs[name] += [x.outputs[0] if x.ok and x.outputs else ""
+                                          for x in results]  # fmt: skip
+        latencies: dict[str, list[float]] = {n: [] for n in names}
+        for i, job in enumerate(jobs[: args.latency_samples]):
+            for name in names[i % 3 :] + names[: i % 3]:
+                t = time.perf_counter()
+                sides[name].run([job])
+                latencies[name].append(time.perf_counter() - t)
+        for name in names:
+            tput = len(jobs) * max(1, args.rounds) / spent[name]
+            same = sum(o == rec["output"] for o, rec in zip(outputs[name], programs, strict=True))
+            lats = latencies[name]
+            rows.append((name, workload, tput, bench._pct(lats, 50), bench._pct(lats, 99), same))
+            print(f"{name} {workload}: {tput:.0f} programs/s", flush=True)
     return rows
 
 
