@@ -14,13 +14,14 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from executor_helpers import azr, job_processes, require_sandbox
-from farm_helpers import FarmServer, body, free_port, jobs_counted, verdict
+from executor_helpers import ROOT, azr, job_processes, require_sandbox
+from farm_helpers import FarmServer, body, free_port, jobs_counted, verdict, wait_until
 
 from megatron_azr.azr.protocols import Job
 from megatron_azr.executor import ExecutorConfig, wire
@@ -186,11 +187,9 @@ def test_sigterm_drains_what_was_accepted_then_leaves_the_rendezvous(token_file,
 
     running, queued = threading.Thread(target=post), threading.Thread(target=post)
     running.start()
-    while not gauge("azr_farm_running_jobs"):
-        time.sleep(0.01)
+    wait_until(lambda: gauge("azr_farm_running_jobs") > 0, "the first request to run")
     queued.start()
-    while not gauge("azr_farm_queued_jobs"):
-        time.sleep(0.01)
+    wait_until(lambda: gauge("azr_farm_queued_jobs") > 0, "the second request to queue")
     s.signal(signal.SIGTERM)  # one request running, one accepted and waiting
     time.sleep(0.1)
     assert s.post(body(jobs), token) == (503, "draining: this server takes no new work\n")
@@ -223,8 +222,10 @@ def test_a_server_killed_mid_batch_costs_no_verdict_and_rejoins_after_restart(to
         worker = threading.Thread(target=lambda: out.append(farm.run(jobs)))
         worker.start()
         # Once a has answered its first request and runs the next one:
-        while not (jobs_counted(m := a.metrics()) >= 20 and m[("azr_farm_running_jobs", ())]):
-            time.sleep(0.01)
+        wait_until(
+            lambda: jobs_counted(m := a.metrics()) >= 20 and m[("azr_farm_running_jobs", ())] > 0,
+            "a server to answer its first request and run the next",
+        )
         a.signal(signal.SIGKILL)
         worker.join(120)
         [results] = out
@@ -283,3 +284,20 @@ def test_the_farm_is_chosen_by_config_with_paths_in_the_run_directory(tmp_path):
     assert isinstance(farm, RemoteExecutor) and farm.rendezvous == tmp_path / "farm"
     with pytest.raises(ExecutorError, match="token file"):
         open_executor(dataclasses.replace(cfg, token_file="farm/missing"), tmp_path)
+
+
+@pytest.mark.slow
+def test_farm_bench_prints_the_three_sides_and_the_ratio():
+    require_sandbox()
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "farm_bench.py"), "--limit", "24",
+           "--batch", "12", "--rounds", "1", "--latency-samples", "3"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    table = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
+    sides = {(row.split("|")[1].strip(), row.split("|")[2].strip()) for row in table}
+    assert sides == {(s, w) for s in ("local pool", "one server", "two servers")
+                     for w in ("run", "validate")}  # fmt: skip
+    assert all(row.split("|")[-2].strip() == "24" for row in table)  # all reproduced
+    assert lines[-1].startswith("ratio: ") and float(lines[-1].split()[1]) > 0
