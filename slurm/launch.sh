@@ -85,9 +85,10 @@ azr_launch() {
 
     cd "$AZR_ROOT" || return 2
     local -a overrides=("$@" "run.output_dir=$out")
-    _azr_farm_start "$config" || return $?
+    _azr_farm_config || return $?
     "$AZR_PYTHON" slurm/preflight.py --world "$SLURM_NTASKS" "$config" "${overrides[@]}" ||
         return $?
+    _azr_farm_start "$config" || return $?
 
     # srun runs in the background: bash runs a trap only between commands, and `wait`
     # returns as soon as a signal arrives.
@@ -106,12 +107,21 @@ azr_launch() {
 # The executor farm of a heterogeneous job (README "Executor farm"). Component 1 of the job
 # (`#SBATCH hetjob` in azr_14b.sh, azr_7b.sh, azr_tiny_cpu.sh) runs one `azr executor serve`
 # per node, one sandboxed worker per CPU of the node; the trainer (component 0) sends its
-# executor jobs there over HTTP. The servers announce themselves in <run>/farm/ and share the
+# executor jobs there over HTTP. A config mistake still ends the job in the preflight, before
+# any server starts. The servers announce themselves in <run>/farm/ and share the
 # bearer token <run>/farm/token (0600, new for every job); their output goes to
 # <run>/farm/serve-<node>.out. When the job's shell exits they drain (SIGTERM through scancel:
 # srun turns a SIGTERM of its own into a kill) and leave their last /metrics in
 # <run>/farm/metrics-<host>-<port>.prom. AZR_FARM_WAIT: seconds to wait for every server to
 # announce itself (default 600). A job without a second component keeps the local pool.
+# Before the preflight: the farm's keys join the caller's overrides (bash scoping), so that the
+# preflight records them in config.yaml and the trainer uses the farm. Nothing is written yet.
+_azr_farm_config() {
+    [[ ${SLURM_HET_SIZE:-1} -ge 2 ]] || return 0
+    overrides+=("executor.token_file=$_AZR_OUT/farm/token" "executor.rendezvous=$_AZR_OUT/farm")
+}
+
+# After the preflight: the token, the servers, and a wait until each has announced itself.
 _azr_farm_start() {
     [[ ${SLURM_HET_SIZE:-1} -ge 2 ]] || return 0
     local config=$1 farm=$_AZR_OUT/farm wait=${AZR_FARM_WAIT:-600}
@@ -120,10 +130,11 @@ _azr_farm_start() {
     rm -f "$farm"/token "$farm"/server-*.json
     "$AZR_PYTHON" -c 'import sys; from megatron_azr.executor.wire import write_token
 write_token(sys.argv[1])' "$farm/token" || return 2
-    # Seen by the caller (bash scoping): the trainer and the preflight use the farm.
-    overrides+=("executor.token_file=$farm/token" "executor.rendezvous=$farm")
-    srun --het-group=1 --job-name=azr-farm --ntasks-per-node=1 --kill-on-bad-exit=0 \
-        --output="$farm/serve-%N.out" bash -c 'exec "$0" -m megatron_azr.cli executor serve \
+    # Without the trainer's CPUs per task (exported above for component 0; srun reads it as -c,
+    # which implies --exact): each server's step gets every CPU of its node's allocation.
+    env -u SLURM_CPUS_PER_TASK srun --het-group=1 --job-name=azr-farm --ntasks-per-node=1 \
+        --kill-on-bad-exit=0 --output="$farm/serve-%N.out" \
+        bash -c 'exec "$0" -m megatron_azr.cli executor serve \
             --host 0.0.0.0 --port 0 --token-file "$1" --rendezvous "$2" "${@:3}" \
             executor.workers="$SLURM_CPUS_ON_NODE"' \
         "$AZR_PYTHON" "$farm/token" "$farm" --config "$config" "${overrides[@]}" &

@@ -254,8 +254,9 @@ def test_ablation_array_runs_each_entry_in_its_own_directory(box, submit_dir):
 
 
 def test_bad_model_path_stops_the_job_before_any_rank_starts(box, submit_dir):
+    # The job ends in seconds; sbatch --wait polls at growing intervals (up to 32 s).
     job_id, rc = sbatch(
-        box, submit_dir, "slurm/azr_tiny_cpu.sh", "model.path=/nonexistent/Qwen", timeout=60
+        box, submit_dir, "slurm/azr_tiny_cpu.sh", "model.path=/nonexistent/Qwen", timeout=120
     )
     assert rc == 2
     slurm_out = (submit_dir / f"azr-tiny-cpu-{job_id}.out").read_text()
