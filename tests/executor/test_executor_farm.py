@@ -251,6 +251,31 @@ def test_a_server_killed_mid_batch_costs_no_verdict_and_rejoins_after_restart(to
         b.stop()
 
 
+def test_a_draining_server_finishes_its_requests_and_the_rest_goes_elsewhere(token_file):
+    require_sandbox()
+    a, b = FarmServer(token_file, UIDS[1]), FarmServer(token_file, UIDS[2])
+    a.start()
+    b.start()
+    try:
+        farm = client(token_file, a.url, b.url)
+        jobs = slow_jobs(160, "drain-farm")
+        out: list[object] = []
+        worker = threading.Thread(target=lambda: out.append(farm.run(jobs)))
+        worker.start()
+        wait_until(lambda: a.metrics()[("azr_farm_running_jobs", ())] > 0, "a to run a request")
+        a.signal(signal.SIGTERM)
+        worker.join(120)
+        assert a.finish() == 0  # drained: what it had accepted was answered
+        [results] = out
+        assert [r.outputs for r in results] == [[repr([i] * 3)] for i in range(160)]  # type: ignore[union-attr]
+        assert set(farm.stats.verdicts.values()) == {1}
+        # Its next request was refused (503): an infrastructure failure, re-routed to b.
+        assert farm.stats.evictions == 1 and farm.stats.infra_failures >= 1
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_no_server_fails_the_call_with_one_line_after_the_deadline(token_file):
     dead = f"http://127.0.0.1:{free_port()}"
     farm = client(token_file, dead, farm_deadline_s=2.0)
