@@ -17,13 +17,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from executor_helpers import ROOT, azr, job_processes, require_sandbox
 from farm_helpers import FarmServer, body, free_port, jobs_counted, verdict, wait_until
 
-from megatron_azr.azr.protocols import Job
+from megatron_azr.azr.protocols import ExecResult, Job
 from megatron_azr.executor import ExecutorConfig, wire
 from megatron_azr.executor.pool import ExecutorError
 from megatron_azr.executor.remote import RemoteExecutor, _backoff, open_executor
@@ -209,71 +210,78 @@ def test_sigterm_drains_what_was_accepted_then_leaves_the_rendezvous(token_file,
 # ------------------------------------------------------------------------------ faults
 
 
+@pytest.fixture
+def two_servers(token_file) -> Iterator[list[FarmServer]]:
+    """Servers a and b (a test may replace one with a restarted one: all are stopped)."""
+    require_sandbox()
+    servers = [FarmServer(token_file, UIDS[1]), FarmServer(token_file, UIDS[2])]
+    for s in servers:
+        s.start()
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+def in_background(farm: RemoteExecutor, jobs: list[Job]) -> Callable[[], list[ExecResult]]:
+    """Start ``farm.run(jobs)`` on a thread; the returned function waits for its results."""
+    out: list[list[ExecResult]] = []
+    worker = threading.Thread(target=lambda: out.append(farm.run(jobs)))
+    worker.start()
+
+    def results() -> list[ExecResult]:
+        worker.join(120)
+        [done] = out
+        return done
+
+    return results
+
+
 @pytest.mark.slow
-def test_a_server_killed_mid_batch_costs_no_verdict_and_rejoins_after_restart(token_file, pool):
-    require_sandbox()
-    a, b = FarmServer(token_file, UIDS[1]), FarmServer(token_file, UIDS[2])
+def test_a_server_killed_mid_batch_costs_no_verdict_and_rejoins_after_restart(
+    token_file, two_servers, pool
+):
+    a, b = two_servers
+    farm = client(token_file, a.url, b.url)
+    jobs = slow_jobs(160, "chaos")  # 8 requests of 20 jobs, ~0.5 s each
+    results = in_background(farm, jobs)
+    # Once a has answered its first request and runs the next one:
+    wait_until(
+        lambda: jobs_counted(m := a.metrics()) >= 20 and m[("azr_farm_running_jobs", ())] > 0,
+        "a server to answer its first request and run the next",
+    )
+    a.signal(signal.SIGKILL)
+    assert [verdict(r) for r in results()] == [verdict(r) for r in pool.run(jobs)]
+    assert sorted(farm.stats.verdicts) == sorted(j.id for j in jobs)
+    assert set(farm.stats.verdicts.values()) == {1}  # exactly one verdict per job
+    assert farm.stats.evictions == 1 and farm.stats.retries >= 1
+    assert a.finish() == -signal.SIGKILL
+    # Nothing of the killed server's sandboxes survives it (bwrap --die-with-parent).
+    time.sleep(0.5)
+    assert job_processes(UIDS[1], 2) == []
+
+    a = two_servers[0] = FarmServer(token_file, UIDS[1], port=a.port)  # same address
     a.start()
-    b.start()
-    try:
-        farm = client(token_file, a.url, b.url)
-        jobs = slow_jobs(160, "chaos")  # 8 requests of 20 jobs, ~0.5 s each
-        out: list[object] = []
-        worker = threading.Thread(target=lambda: out.append(farm.run(jobs)))
-        worker.start()
-        # Once a has answered its first request and runs the next one:
-        wait_until(
-            lambda: jobs_counted(m := a.metrics()) >= 20 and m[("azr_farm_running_jobs", ())] > 0,
-            "a server to answer its first request and run the next",
-        )
-        a.signal(signal.SIGKILL)
-        worker.join(120)
-        [results] = out
-        assert [verdict(r) for r in results] == [verdict(r) for r in pool.run(jobs)]  # type: ignore[union-attr]
-        assert sorted(farm.stats.verdicts) == sorted(j.id for j in jobs)
-        assert set(farm.stats.verdicts.values()) == {1}  # exactly one verdict per job
-        assert farm.stats.evictions == 1 and farm.stats.retries >= 1
-        assert a.finish() == -signal.SIGKILL
-        # Nothing of the killed server's sandboxes survives it (bwrap --die-with-parent).
-        time.sleep(0.5)
-        assert job_processes(UIDS[1], 2) == []
-
-        a = FarmServer(token_file, UIDS[1], port=a.port)  # same address
-        a.start()
-        time.sleep(1.1)  # the client's probe backoff (farm_backoff_max_s) has passed
-        again = slow_jobs(80, "rejoin")
-        assert [r.outputs for r in farm.run(again)] == [[repr([i] * 3)] for i in range(80)]
-        assert farm.stats.readmissions == 1
-        assert jobs_counted(a.metrics()) > 0  # the restarted server took part
-        assert set(farm.stats.verdicts.values()) == {1}
-    finally:
-        a.stop()
-        b.stop()
+    time.sleep(1.1)  # the client's probe backoff (farm_backoff_max_s) has passed
+    again = slow_jobs(80, "rejoin")
+    assert [r.outputs for r in farm.run(again)] == [[repr([i] * 3)] for i in range(80)]
+    assert farm.stats.readmissions == 1
+    assert jobs_counted(a.metrics()) > 0  # the restarted server took part
+    assert set(farm.stats.verdicts.values()) == {1}
 
 
-def test_a_draining_server_finishes_its_requests_and_the_rest_goes_elsewhere(token_file):
-    require_sandbox()
-    a, b = FarmServer(token_file, UIDS[1]), FarmServer(token_file, UIDS[2])
-    a.start()
-    b.start()
-    try:
-        farm = client(token_file, a.url, b.url)
-        jobs = slow_jobs(160, "drain-farm")
-        out: list[object] = []
-        worker = threading.Thread(target=lambda: out.append(farm.run(jobs)))
-        worker.start()
-        wait_until(lambda: a.metrics()[("azr_farm_running_jobs", ())] > 0, "a to run a request")
-        a.signal(signal.SIGTERM)
-        worker.join(120)
-        assert a.finish() == 0  # drained: what it had accepted was answered
-        [results] = out
-        assert [r.outputs for r in results] == [[repr([i] * 3)] for i in range(160)]  # type: ignore[union-attr]
-        assert set(farm.stats.verdicts.values()) == {1}
-        # Its next request was refused (503): an infrastructure failure, re-routed to b.
-        assert farm.stats.evictions == 1 and farm.stats.infra_failures >= 1
-    finally:
-        a.stop()
-        b.stop()
+def test_a_draining_server_finishes_its_requests_and_the_rest_goes_elsewhere(
+    token_file, two_servers
+):
+    a, b = two_servers
+    farm = client(token_file, a.url, b.url)
+    results = in_background(farm, slow_jobs(160, "drain-farm"))
+    wait_until(lambda: a.metrics()[("azr_farm_running_jobs", ())] > 0, "a to run a request")
+    a.signal(signal.SIGTERM)
+    assert [r.outputs for r in results()] == [[repr([i] * 3)] for i in range(160)]
+    assert a.finish() == 0  # drained: what it had accepted was answered
+    assert set(farm.stats.verdicts.values()) == {1}
+    # Its next request was refused (503): an infrastructure failure, re-routed to b.
+    assert farm.stats.evictions == 1 and farm.stats.infra_failures >= 1
 
 
 def test_no_server_fails_the_call_with_one_line_after_the_deadline(token_file):
