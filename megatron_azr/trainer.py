@@ -210,10 +210,16 @@ def make_rollout(
 
 
 def make_executor(cfg: Config, stack: ExitStack) -> Executor:
-    from megatron_azr.executor.pool import SandboxExecutor
+    """The local sandboxed pool, or the farm when ``executor.endpoints``/``rendezvous`` name one
+    (relative farm paths are in the run directory), on rank 0."""
+    from megatron_azr.executor.remote import open_executor
 
-    local = on_leader(lambda: stack.enter_context(SandboxExecutor(cfg.executor)), share=False)
-    return LeaderExecutor(local)
+    def open_farm_or_pool() -> Executor:
+        executor = open_executor(cfg.executor, cfg.run.output_dir)
+        stack.callback(executor.close)
+        return executor
+
+    return LeaderExecutor(on_leader(open_farm_or_pool, share=False))
 
 
 class RankFailure(RuntimeError):

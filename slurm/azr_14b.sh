@@ -3,12 +3,15 @@
 #
 #   sbatch slurm/azr_14b.sh model.path=/models/Qwen2.5-Coder-14B [KEY=VALUE ...]
 #   sbatch --nodes=2 slurm/azr_14b.sh ...               # actor data parallelism over 16 GPUs
+#   sbatch -p gpu : -p cpu --nodes=2 slurm/azr_14b.sh ...  # partitions per component, 2 farm nodes
 #   sbatch -p PARTITION -A ACCOUNT slurm/azr_14b.sh ... # site options go before the script
 #   AZR_OUTPUT_DIR=runs/azr-14b-123 sbatch slurm/azr_14b.sh run.steps=600   # continue a run
 #
-# Submit from the repository root (or export AZR_ROOT). KEY=VALUE arguments are dotted config
-# overrides. The run writes to $SLURM_SUBMIT_DIR/runs/<job name>-<job id>/ (logs/rank<N>.log,
-# metrics.jsonl, checkpoints/, config.yaml); this script's output goes to <job name>-<job id>.out.
+# A heterogeneous job: component 0 (the GPUs) trains, component 1 (CPU nodes) is the executor
+# farm; options before a ":" apply to component 0, after it to component 1. Submit from the
+# repository root (or export AZR_ROOT). KEY=VALUE arguments are dotted config overrides. The
+# run writes to $SLURM_SUBMIT_DIR/runs/<job name>-<job id>/ (logs/rank<N>.log, metrics.jsonl,
+# checkpoints/, config.yaml, farm/); this script's output goes to <job name>-<job id>.out.
 # Requeue and the other knobs: see slurm/launch.sh.
 #
 #SBATCH --job-name=azr-14b
@@ -23,6 +26,14 @@
 #SBATCH --signal=B:USR1@600
 #SBATCH --open-mode=append
 #SBATCH --output=%x-%j.out
+#SBATCH hetjob
+# Component 1, the executor farm: CPU nodes running one `azr executor serve` each (one sandboxed
+# worker per CPU); the trainer sends its executor jobs there (slurm/launch.sh, _azr_farm_start).
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --exclusive
+#SBATCH --mem=0
+#SBATCH --time=24:00:00
 
 set -euo pipefail
 # Slurm runs a copy of this script from its spool directory: the checkout is found from the

@@ -36,6 +36,11 @@ fi
 
 AZR_PYTHON=${AZR_PYTHON:-python}
 
+# A heterogeneous job's batch shell sees component 0's CPUs per task only under a suffixed name.
+if [[ -z ${SLURM_CPUS_PER_TASK:-} && -n ${SLURM_CPUS_PER_TASK_HET_GROUP_0:-} ]]; then
+    export SLURM_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK_HET_GROUP_0
+fi
+
 _azr_env() {
     MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
     export MASTER_ADDR
@@ -115,10 +120,13 @@ azr_launch() {
 
     cd "$AZR_ROOT" || return 2
     local -a overrides=("$@" "run.output_dir=$out")
+    _azr_farm_config || return $?
     "$AZR_PYTHON" slurm/preflight.py --world "$SLURM_NTASKS" "$config" "${overrides[@]}" ||
         return $?
-    # The dry run's plan runs on the plain interpreter; its printed srun lines show nsys if asked.
+    # The dry run's plan and the farm run on the plain interpreter (the profile may point
+    # AZR_PYTHON at the nsys wrapper for the trainer's ranks); printed srun lines show nsys.
     [[ -z ${AZR_DRY_RUN:-} ]] || _azr_dry_run "$config" "${overrides[@]}"
+    _azr_farm_start "$config" || return $?
     _azr_profile "$out" "$config" "${overrides[@]}" || return $?
 
     # srun runs in the background: bash runs a trap only between commands, and `wait`
@@ -157,6 +165,73 @@ _azr_dry_run() {
         echo "azr dry run: srun$(printf ' %q' "$@")"
         return "$_AZR_DRY_RC"
     }
+}
+
+# The executor farm of a heterogeneous job (README "Executor farm"). Component 1 of the job
+# (`#SBATCH hetjob` in azr_14b.sh, azr_7b.sh, azr_tiny_cpu.sh) runs one `azr executor serve`
+# per node, one sandboxed worker per CPU of the node; the trainer (component 0) sends its
+# executor jobs there over HTTP. A config mistake still ends the job in the preflight, before
+# any server starts. The servers announce themselves in <run>/farm/ and share the
+# bearer token <run>/farm/token (0600, new for every job); their output goes to
+# <run>/farm/serve-<node>.out. When the job's shell exits they drain (SIGTERM through scancel:
+# srun turns a SIGTERM of its own into a kill) and leave their last /metrics in
+# <run>/farm/metrics-<host>-<port>.prom. AZR_FARM_WAIT: seconds to wait for every server to
+# announce itself (default 600). A job without a second component keeps the local pool.
+# Before the preflight: the farm's keys join the caller's overrides (bash scoping), so that the
+# preflight records them in config.yaml and the trainer uses the farm. Nothing is written yet.
+_azr_farm_config() {
+    [[ ${SLURM_HET_SIZE:-1} -ge 2 ]] || return 0
+    overrides+=("executor.token_file=$_AZR_OUT/farm/token" "executor.rendezvous=$_AZR_OUT/farm")
+}
+
+# After the preflight: the token, the servers, and a wait until each has announced itself.
+_azr_farm_start() {
+    [[ ${SLURM_HET_SIZE:-1} -ge 2 ]] || return 0
+    local config=$1 farm=$_AZR_OUT/farm wait=${AZR_FARM_WAIT:-600}
+    local servers=${SLURM_JOB_NUM_NODES_HET_GROUP_1:?} up=0
+    # Without the trainer's CPUs per task (exported above for component 0; srun reads it as -c,
+    # which implies --exact): each server's step gets every CPU of its node's allocation.
+    local -a serve=(env -u SLURM_CPUS_PER_TASK srun --het-group=1 --job-name=azr-farm
+        --ntasks-per-node=1 --kill-on-bad-exit=0 --output="$farm/serve-%N.out"
+        bash -c 'exec "$0" -m megatron_azr.cli executor serve \
+            --host 0.0.0.0 --port 0 --token-file "$1" --rendezvous "$2" "${@:3}" \
+            executor.workers="$SLURM_CPUS_ON_NODE"'
+        "$AZR_PYTHON" "$farm/token" "$farm" --config "$config" "${overrides[@]}")
+    if [[ -n ${AZR_DRY_RUN:-} ]]; then # `env` would run the real srun, not the dry run's
+        echo "azr dry run: farm on $servers node(s):$(printf ' %q' "${serve[@]}")"
+        return 0
+    fi
+    mkdir -p "$farm"
+    rm -f "$farm"/token "$farm"/server-*.json
+    "$AZR_PYTHON" -c 'import sys; from megatron_azr.executor.wire import write_token
+write_token(sys.argv[1])' "$farm/token" || return 2
+    "${serve[@]}" &
+    _AZR_FARM_PID=$!
+    trap _azr_farm_stop EXIT
+    local deadline=$((SECONDS + wait))
+    while ((up < servers)); do
+        if ! kill -0 "$_AZR_FARM_PID" 2>/dev/null; then
+            echo "azr: the executor farm ended before serving; see $farm/serve-*.out" >&2
+            return 2
+        fi
+        if ((SECONDS > deadline)); then
+            echo "azr: $up of $servers executor farm servers announced themselves in" \
+                "$wait s (AZR_FARM_WAIT); see $farm/serve-*.out" >&2
+            return 2
+        fi
+        sleep 1
+        up=$(compgen -G "$farm/server-*.json" | wc -l)
+    done
+    echo "azr: executor farm: $servers servers on $SLURM_JOB_NODELIST_HET_GROUP_1," \
+        "$(sed -n 's/.*"url": "\([^"]*\)".*/\1/p' "$farm"/server-*.json | tr '\n' ' ')"
+}
+
+_azr_farm_stop() {
+    local step
+    step=$(scontrol show step -o 2>/dev/null |
+        sed -n "s/^StepId=\(${SLURM_JOB_ID_HET_GROUP_1:-x}\.[0-9]*\) .* Name=azr-farm .*/\1/p")
+    [[ -z $step ]] || scancel --signal=TERM "$step"
+    wait "$_AZR_FARM_PID" 2>/dev/null || true
 }
 
 azr_array_entry() {

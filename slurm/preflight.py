@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         notices = check(cfg, args.world)
-        if not args.skip_sandbox:
+        if cfg.executor.farm:
+            notices.append("sandbox: on the executor farm's nodes, which start it before serving")
+        elif not args.skip_sandbox:
             notices.append(check_sandbox(cfg))
     except (ConfigError, PreflightError) as e:
         print(f"azr preflight: error: {e}", file=sys.stderr)

@@ -26,8 +26,9 @@ def _repo_cwd(monkeypatch):
     monkeypatch.chdir(ROOT)  # config paths (seeds) are relative to the checkout, as in a job
 
 
-def sbatch_options(script: str) -> dict[str, str]:
-    text = (ROOT / "slurm" / script).read_text()
+def sbatch_options(script: str, component: int = 0) -> dict[str, str]:
+    """The #SBATCH options of one component of a (heterogeneous) job script."""
+    text = (ROOT / "slurm" / script).read_text().split("#SBATCH hetjob")[component]
     return dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?", text, re.M))
 
 
@@ -221,3 +222,21 @@ def test_preflight_starts_the_sandbox_and_refuses_a_node_without_one(tmp_path, c
     _, err = capsys.readouterr()
     assert rc == 2 and "sandbox does not start on this node" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("script", ["azr_14b.sh", "azr_7b.sh", "azr_32b.sh", "azr_tiny_cpu.sh"])
+def test_recipes_run_the_executor_farm_as_a_second_component(script):
+    # One `azr executor serve` per node of component 1 (slurm/launch.sh, _azr_farm_start).
+    farm = sbatch_options(script, component=1)
+    assert farm["ntasks-per-node"] == "1" and "gpus-per-node" not in farm
+    assert farm["time"] == sbatch_options(script)["time"]
+
+
+def test_preflight_leaves_the_sandbox_to_the_farm(tmp_path, capsys):
+    """With a farm the GPU nodes run no sandbox (a heterogeneous job's trainer nodes need no
+    bubblewrap): the preflight does not start one there."""
+    args = [f"run.output_dir={tmp_path}", "executor.bwrap=/nonexistent/bwrap"]
+    farm = ["executor.endpoints=[http://127.0.0.1:1]", "executor.token_file=/dev/null"]
+    rc = preflight.main(["--world", "1", "configs/tiny_cpu.yaml", *args, *farm])
+    _, err = capsys.readouterr()
+    assert rc == 0 and "executor farm's nodes" in err, err

@@ -56,6 +56,28 @@ class ExecutorConfig:
     max_program_kb: int = 256
     # Tasks sent to a worker per message, and messages kept in flight per worker.
     tasks_per_message: int = 8
+    # The farm (issue 11): jobs go to `azr executor serve` servers instead of a local pool when
+    # `endpoints` (URLs) or `rendezvous` (a directory where servers announce themselves; relative
+    # to run.output_dir in `azr train`, to the working directory elsewhere) names any. Default:
+    # neither, the local pool. The Slurm launch of a heterogeneous job sets rendezvous and
+    # token_file (a 0600 file with the servers' bearer token).
+    endpoints: list[str] = field(default_factory=list)
+    rendezvous: str = ""
+    token_file: str = ""
+    # Client side: jobs in flight over the whole farm, requests in flight per server, jobs per
+    # request at least (a server runs a request as one pool run, whose tail idles workers:
+    # small requests cost throughput) and at most; a request times out at its jobs' budget
+    # plus farm_margin_s; retries and health probes back off from farm_backoff_s, doubling to
+    # farm_backoff_max_s, with jitter; the step fails when no server has answered for
+    # farm_deadline_s.
+    farm_max_inflight: int = 8192
+    farm_requests_per_server: int = 2
+    farm_min_jobs_per_request: int = 64
+    farm_max_jobs_per_request: int = 512
+    farm_margin_s: float = 30.0
+    farm_backoff_s: float = 0.5
+    farm_backoff_max_s: float = 30.0
+    farm_deadline_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.workers < 0 or self.workers == 1:
@@ -73,6 +95,23 @@ class ExecutorConfig:
             raise ValueError("job_uid_base must be >= 1000 (keep clear of system accounts)")
         if self.max_program_kb < 1 or self.tasks_per_message < 1:
             raise ValueError("max_program_kb and tasks_per_message must be >= 1")
+        self._check_farm()
+
+    def _check_farm(self) -> None:
+        bad = [u for u in self.endpoints if not u.startswith(("http://", "https://"))]
+        if bad:
+            raise ValueError(f"endpoints must be http(s):// URLs, got {bad}")
+        ints = ("farm_max_inflight", "farm_requests_per_server", "farm_min_jobs_per_request",
+                "farm_max_jobs_per_request")  # fmt: skip
+        floats = ("farm_margin_s", "farm_backoff_s", "farm_backoff_max_s", "farm_deadline_s")
+        for name in (*ints, *floats):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+
+    @property
+    def farm(self) -> bool:
+        """Whether jobs go to farm servers rather than a local pool."""
+        return bool(self.endpoints or self.rendezvous)
 
     @property
     def n_workers(self) -> int:

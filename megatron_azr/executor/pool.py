@@ -103,6 +103,10 @@ class SandboxExecutor:
     def layers(self) -> list[tuple[str, str]]:
         return self.spec.layers()
 
+    def busy_workers(self) -> int:
+        """Workers with tasks in flight now (read without the lock: a gauge, not a decision)."""
+        return sum(1 for w in self.workers if w.inflight)
+
     def worker_facts(self) -> list[dict[str, Any]]:
         """What each server reported at start (pid, uid, seccomp instructions)."""
         return [dict(w.facts) for w in self.workers]

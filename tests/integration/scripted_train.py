@@ -7,6 +7,8 @@ of step 1's responses are computed with `transformers` under the weights before 
 update (an evaluator independent of the actor), and written to ``<out>/logprobs.json``.
 
 Usage: python scripted_train.py OUT [KEY=VALUE ...]
+       python scripted_train.py --slurm --config FILE [KEY=VALUE ...]   (`azr train`'s arguments:
+       a rank of a Slurm job, through scripted_python.sh; trains only)
 """
 
 from __future__ import annotations
@@ -134,7 +136,17 @@ def hf_logprob_means(
     return means
 
 
+def build_scripted(_cfg: Any, model_dir: Path, _precision: str) -> ScriptedEngine:
+    return ScriptedEngine(model_dir)
+
+
 def main() -> None:
+    if sys.argv[1] == "--slurm":
+        from megatron_azr.cli import build_parser
+
+        args = build_parser().parse_args(["train", *sys.argv[2:]])
+        train(load_config(args.config, args.overrides), build_engine=build_scripted)
+        return
     out = Path(sys.argv[1])
     cfg = load_config(
         str(ROOT / "configs" / "tiny_cpu.yaml"), [f"run.output_dir={out}", *sys.argv[2:]]

@@ -32,12 +32,18 @@ def missing_binaries() -> list[str]:
     return [b for b in BINARIES if shutil.which(b, path=PATH) is None]
 
 
-def _conf(d: Path, host: str, cpus: int, user: str) -> str:
+def _conf(d: Path, nodes: list[str], cpus: int, user: str) -> str:
+    host = nodes[0]
+    # One slurmd per node, all on this host (each with its own port, spool, pid and log):
+    # a heterogeneous job needs a node per component.
+    node_lines = "\n".join(
+        f"NodeName={n} NodeAddr=127.0.0.1 Port={free_port()} CPUs={cpus} State=UNKNOWN"
+        for n in nodes
+    )
     return f"""\
 ClusterName=azrbox
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
 AuthType=auth/none
 CredType=cred/none
 # A requeued job may start again after cred_expire + 1 s (default 120 s).
@@ -45,11 +51,11 @@ AuthInfo=cred_expire=5
 SlurmUser={user}
 SlurmdUser={user}
 StateSaveLocation={d}/state
-SlurmdSpoolDir={d}/spool
+SlurmdSpoolDir={d}/spool-%n
 SlurmctldPidFile={d}/slurmctld.pid
-SlurmdPidFile={d}/slurmd.pid
+SlurmdPidFile={d}/slurmd-%n.pid
 SlurmctldLogFile={d}/slurmctld.log
-SlurmdLogFile={d}/slurmd.log
+SlurmdLogFile={d}/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -64,17 +70,19 @@ MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
 KillWait=5
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
-PartitionName=box Nodes={host} Default=YES MaxTime=INFINITE State=UP
+{node_lines}
+PartitionName=box Nodes={",".join(nodes)} Default=YES MaxTime=INFINITE State=UP
 """
 
 
 class SlurmBox:
-    def __init__(self, directory: Path, cpus: int = 2) -> None:
+    def __init__(self, directory: Path, cpus: int = 2, nodes: int = 1) -> None:
         self.dir = directory
         self.conf = directory / "slurm.conf"
-        # Jobs resolve the node name as MASTER_ADDR, as on a cluster: use this host's name.
+        # Jobs resolve a node name as MASTER_ADDR, as on a cluster: the nodes are named after
+        # this host and, for a second one, localhost.
         self.host = socket.gethostname().split(".")[0]
+        self.nodes = [self.host, "localhost"][:nodes]
         self.cpus = max(cpus, os.cpu_count() or 1)
         self.daemons: list[subprocess.Popen[bytes]] = []
 
@@ -85,20 +93,22 @@ class SlurmBox:
             socket.gethostbyname(self.host)
         except OSError as e:
             raise RuntimeError(f"this host's name {self.host!r} does not resolve: {e}") from e
-        for sub in ("state", "spool"):
+        for sub in ("state", *(f"spool-{n}" for n in self.nodes)):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(_conf(self.dir, self.host, self.cpus, getpass.getuser()))
+        self.conf.write_text(_conf(self.dir, self.nodes, self.cpus, getpass.getuser()))
         env = self.env()
-        for name, cmd in (
-            ("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)]),
-            ("slurmd", ["slurmd", "-D", "-N", self.host, "-f", str(self.conf)]),
-        ):
+        daemons = [("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])]
+        daemons += [(f"slurmd-{n}", ["slurmd", "-D", "-N", n, "-f", str(self.conf)])
+                    for n in self.nodes]  # fmt: skip
+        for name, cmd in daemons:
             log = (self.dir / f"{name}.out").open("wb")
             self.daemons.append(
                 subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
             )
         self.wait_for(
-            lambda: self.node_state() == "idle", timeout, f"node {self.host} to become idle"
+            lambda: all(self.node_state(n) == "idle" for n in self.nodes),
+            timeout,
+            f"nodes {', '.join(self.nodes)} to become idle",
         )
 
     def stop(self, timeout: float = 60) -> list[str]:
@@ -162,8 +172,8 @@ class SlurmBox:
             timeout=timeout, check=check, **kw,
         )  # fmt: skip
 
-    def node_state(self) -> str:
-        r = self.run("sinfo", "-h", "-N", "-n", self.host, "-o", "%T", check=False)
+    def node_state(self, node: str) -> str:
+        r = self.run("sinfo", "-h", "-N", "-n", node, "-o", "%T", check=False)
         return r.stdout.strip().rstrip("*~#")
 
     def job(self, job_id: str) -> dict[str, str]:
@@ -176,8 +186,9 @@ class SlurmBox:
         while not cond():
             for p in self.daemons:
                 if p.poll() is not None:
-                    log = (self.dir / f"{p.args[0]}.out").read_text()[-3000:]
-                    raise RuntimeError(f"{p.args[0]} exited ({p.returncode}):\n{log}")
+                    name = p.args[0] if p.args[0] == "slurmctld" else f"slurmd-{p.args[3]}"
+                    log = (self.dir / f"{name}.out").read_text()[-3000:]
+                    raise RuntimeError(f"{name} exited ({p.returncode}):\n{log}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"waited {timeout:.0f} s for {what}")
             time.sleep(0.2)

@@ -2,7 +2,8 @@
 the test, see slurm_box.py): what cluster users run, with CPU resources instead of GPUs.
 
 - slurm/azr_tiny_cpu.sh (the launch code of azr_14b.sh): two srun tasks form one TP=2 group,
-  train, log per rank, write metrics and a checkpoint;
+  train, log per rank, write metrics and a checkpoint; the job's second component, on another
+  node, is the executor farm that the trainer's executor jobs go to over HTTP;
 - a new job pointed at that run directory resumes it; SIGUSR1 (what Slurm sends before the time
   limit) makes the job requeue itself, and the requeued job resumes from checkpoints/latest and
   replays the steps after it exactly;
@@ -13,12 +14,14 @@ the test, see slurm_box.py): what cluster users run, with CPU resources instead 
 from __future__ import annotations
 
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from slurm_box import SlurmBox, missing_binaries
 from tiny_run import FAST, VOLATILE, metrics
 
@@ -37,7 +40,7 @@ def box(tmp_path_factory):
             f"Slurm binaries missing ({', '.join(missing)}): apt-get install slurmctld slurmd "
             "slurm-client (scripts/setup.sh --tests does it as root)"
         )
-    box = SlurmBox(tmp_path_factory.mktemp("slurm"))
+    box = SlurmBox(tmp_path_factory.mktemp("slurm"), nodes=2)  # heterogeneous jobs need two
     try:
         box.start()
         yield box
@@ -65,13 +68,9 @@ def sbatch(
 ) -> tuple[str, int]:
     """Submit ``script`` from ``submit_dir``; with ``wait``, block until the job (every task of
     an array) ends. Returns the job id and sbatch's exit code (the job's with ``wait``)."""
-    job_env = box.env(
-        AZR_ROOT=str(ROOT),
-        AZR_PYTHON=sys.executable,
-        PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="1",
-        **(env or {}),
-    )
+    defaults = {"AZR_ROOT": str(ROOT), "AZR_PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
+                "OMP_NUM_THREADS": "1"}  # fmt: skip
+    job_env = box.env(**{**defaults, **(env or {})})
     cmd = ["sbatch", "--parsable", *options, *(["--wait"] if wait else []), str(ROOT / script)]
     proc = subprocess.Popen(
         [*cmd, *args], cwd=submit_dir, env=job_env, stdout=subprocess.PIPE,
@@ -140,6 +139,61 @@ def test_tiny_cpu_job_trains_on_two_tasks(first_run, submit_dir):
     assert re.search(r"^1: .*\[rank 1\]", slurm_out, re.M)  # srun --label: task 1's stream
 
 
+@pytest.fixture(scope="module")
+def farm_run(box, submit_dir):
+    """The tiny job whose ranks train with the scripted policy (scripted_python.sh as
+    AZR_PYTHON): a random tiny model writes no task, so its steps would give the farm nothing
+    to check. Everything else is the shipped script and launch."""
+    scripted = {"AZR_PYTHON": str(ROOT / "tests" / "integration" / "scripted_python.sh"),
+                "AZR_TEST_PYTHON": sys.executable}  # fmt: skip
+    seeds = submit_dir / "farm-seeds"  # no seed files: the policy writes its own (spec §3)
+    seeds.mkdir()
+    job_id, rc = sbatch(
+        box, submit_dir, "slurm/azr_tiny_cpu.sh", "run.steps=1", "azr.batch_size=2",
+        "azr.n_learnability_samples=2", "azr.max_response_tokens=400", "run.name=farm",
+        f"azr.seed_io_path={seeds}/io.jsonl", f"azr.seed_induction_path={seeds}/code_f.jsonl",
+        "logging.wandb_mode=disabled", env=scripted, timeout=400,
+    )  # fmt: skip
+    assert rc == 0, job_output(submit_dir, job_id)
+    return job_id, submit_dir / "runs" / f"azr-tiny-cpu-{job_id}"
+
+
+def test_tiny_cpu_job_verifies_on_its_farm_component_over_http(farm_run, submit_dir):
+    job_id, out = farm_run
+    slurm_out = (submit_dir / f"azr-tiny-cpu-{job_id}.out").read_text()
+    trainer_nodes = re.search(r"^azr: job \S+ \(restart 0\) on (\S+),", slurm_out, re.M)[1]
+    farm = re.search(r"^azr: executor farm: 1 servers on (\S+), (http://\S+)", slurm_out, re.M)
+    assert farm is not None, slurm_out[-3000:]
+    assert farm[1] != trainer_nodes  # the two components ran on different nodes
+    assert stat.S_IMODE((out / "farm" / "token").stat().st_mode) == 0o600
+    recorded = yaml.safe_load((out / "config.yaml").read_text())["executor"]
+    assert recorded["rendezvous"] == str(out / "farm")
+    [serve_log] = (out / "farm").glob("serve-*.out")
+    assert serve_log.name == f"serve-{farm[1]}.out"
+    assert f"azr executor serve: {farm[2]}/v1/run" in serve_log.read_text()
+    assert "drained, stopped" in serve_log.read_text()  # SIGTERM at the job's end: a drain
+    assert not list((out / "farm").glob("server-*.json"))  # it left the rendezvous
+
+    # Every job the trainer sent was answered by the farm, and counted there once.
+    log = (out / "logs" / "rank0.log").read_text()
+    sent = [int(n) for n in re.findall(r"executor farm: (\d+) jobs answered by 1 servers", log)]
+    assert sent and sum(sent) > 0
+    [final] = (out / "farm").glob("metrics-*.prom")
+    families = {f.name: f for f in text_string_to_metric_families(final.read_text())}
+    counted = {tuple(sorted(s.labels.items())): s.value
+               for s in families["azr_farm_jobs"].samples}  # fmt: skip
+    assert sum(counted.values()) == sum(sent)
+    assert {dict(k)["kind"] for k in counted} >= {"validate"}
+    requests = {s.labels["code"]: s.value for s in families["azr_farm_requests"].samples}
+    answered = [s.value for s in families["azr_farm_request_seconds"].samples
+                if s.name.endswith("_count")]  # fmt: skip
+    assert requests == {"200": answered[0]}  # nothing refused, every request timed
+    [row] = metrics(out)
+    assert row["step"] == 1
+    for task in ("abduction", "deduction", "induction"):
+        assert row[f"{task}/propose/valid_rate"] == 1.0  # validated in the farm's sandbox
+
+
 def test_resubmitted_run_resumes_and_requeues_itself_on_sigusr1(box, first_run, submit_dir):
     _, out = first_run
     job_id, rc = sbatch(
@@ -202,8 +256,9 @@ def test_ablation_array_runs_each_entry_in_its_own_directory(box, submit_dir):
 
 
 def test_bad_model_path_stops_the_job_before_any_rank_starts(box, submit_dir):
+    # The job ends in seconds; sbatch --wait polls at growing intervals (up to 32 s).
     job_id, rc = sbatch(
-        box, submit_dir, "slurm/azr_tiny_cpu.sh", "model.path=/nonexistent/Qwen", timeout=60
+        box, submit_dir, "slurm/azr_tiny_cpu.sh", "model.path=/nonexistent/Qwen", timeout=120
     )
     assert rc == 2
     slurm_out = (submit_dir / f"azr-tiny-cpu-{job_id}.out").read_text()

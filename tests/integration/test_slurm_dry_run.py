@@ -24,7 +24,8 @@ def box(tmp_path_factory):
     missing = missing_binaries()
     if missing:
         pytest.skip(f"Slurm binaries missing ({', '.join(missing)})")
-    box = SlurmBox(tmp_path_factory.mktemp("slurm"), cpus=8)
+    # Two nodes: the script is a heterogeneous job (its second component is the executor farm).
+    box = SlurmBox(tmp_path_factory.mktemp("slurm"), cpus=8, nodes=2)
     try:
         box.start()
         yield box
@@ -55,7 +56,7 @@ def test_dry_run_prints_the_plan_ranks_and_srun_line_and_starts_nothing(box, tmp
     )
     assert rc == 0, out
     assert "azr preflight: azr-coder-14b: 8 tasks = tp 4 x pp 1 x dp 2" in out
-    assert f"azr dry run: node 0 = {box.host}" in out
+    assert re.search(rf"^azr dry run: node 0 = ({'|'.join(box.nodes)})$", out, re.M), out
     assert "layout: tp 4 (given) x pp 1 (given) x dp 2" in out
     assert "rollout: vLLM tp 4 (given) x 2 replicas, shard path" in out
     ranks = re.findall(r"^rank (\d+): node 0 local (\d+); actor tp (\d) pp 0 dp (\d); "
@@ -63,7 +64,13 @@ def test_dry_run_prints_the_plan_ranks_and_srun_line_and_starts_nothing(box, tmp
     assert [tuple(map(int, r)) for r in ranks] == [
         (r, r, r % 4, r // 4, r // 4, r % 4) for r in range(8)
     ]
-    [srun] = re.findall(r"^azr dry run: srun .*$", out, re.M)
+    [farm] = re.findall(
+        r"^azr dry run: farm on 1 node\(s\): env .* srun --het-group=1 .*$", out, re.M
+    )
+    assert (
+        "executor serve" in farm and not (tmp_path / "runs" / f"azr-14b-{job_id}" / "farm").exists()
+    )
+    [srun] = re.findall(r"^azr dry run: srun --label .*$", out, re.M)
     assert "--label --kill-on-bad-exit=1 --cpus-per-task=1 " in srun
     assert f"-m megatron_azr.cli train --config configs/azr_14b.yaml model.path={weights}" in srun
     run_dir = tmp_path / "runs" / f"azr-14b-{job_id}"
