@@ -17,6 +17,7 @@ _ROOMS: tuple[str, ...] = (
     "megatron_azr.executor.cli",
     "megatron_azr.train.cli",
     "megatron_azr.models.cli",
+    "megatron_azr.eval.cli",
 )
 
 
