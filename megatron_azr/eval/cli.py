@@ -92,20 +92,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     names = args.benchmark or list(DEFAULT_BENCHMARKS)
     benches = [resolve(n) for n in names]
+    if args.predictions:
+        if len(benches) != 1:
+            raise ValueError("--predictions scores one benchmark: give exactly one --benchmark")
+        return _score_predictions(benches[0], args)
     cfg = EvalConfig(every=0, benchmarks=[b.name for b in benches], limit=args.limit,
                      template=args.template, n=args.n, temperature=args.temperature,
                      top_p=args.top_p, pass_k=args.pass_k, max_tokens=args.max_tokens,
                      seed=args.seed)  # fmt: skip
-    if args.predictions:
-        if len(benches) != 1:
-            raise ValueError("--predictions scores one benchmark: give exactly one --benchmark")
-        return _score_predictions(benches[0], args, cfg)
     if not args.model:
         raise ValueError("give --model (or --predictions)")
     return _generate_and_score(benches, args, cfg)
 
 
-def _score_predictions(bench: Benchmark, args: argparse.Namespace, cfg: Any) -> int:
+def _score_predictions(bench: Benchmark, args: argparse.Namespace) -> int:
+    """pass@k for each --pass-k up to the number of samples every problem has."""
     from megatron_azr.eval.predictions import read_predictions
     from megatron_azr.eval.runner import grade, score
 
@@ -113,7 +114,7 @@ def _score_predictions(bench: Benchmark, args: argparse.Namespace, cfg: Any) -> 
     preds = read_predictions(bench, problems, args.predictions)
     with _executor(bench.domain != "math", args.workers) as executor:
         verdicts = grade(bench, preds.problems, preds.responses, executor)
-    result = score(bench, preds.problems, preds.responses, verdicts, cfg.pass_k, "predictions")
+    result = score(bench, preds.problems, preds.responses, verdicts, args.pass_k, "predictions")
     out = Path(args.out or Path(args.predictions).with_suffix(".scored"))
     _write(out, [result], None, Path(args.predictions).stem)
     print(f"{bench.title}: scored {len(preds.problems)} problems "

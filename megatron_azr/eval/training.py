@@ -3,7 +3,7 @@
 Runs SPMD like the step itself: every rank calls the engine and the executor (the trainer's
 leader/replicated wrappers make those collective and broadcast their results), so every rank
 computes the same scores; the leader also writes each benchmark's JSON under
-``<run>/eval/step_<N>/``. Scores go into the step's metrics as ``eval/<benchmark>/pass@k``.
+``<run>/eval/training/step_<N>/``. Scores go into the step's metrics as ``eval/<benchmark>/pass@k``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ class TrainingEval:
                 for key, value in {**result.pass_at, **result.extra}.items():
                     metrics[f"eval/{bench.name}/{key}"] = value
                 if self.out is not None:
-                    path = self.out / "eval" / f"step_{step:08d}" / f"{bench.name}.json"
+                    path = (
+                        self.out / "eval" / "training" / f"step_{step:08d}" / f"{bench.name}.json"
+                    )
                     path.parent.mkdir(parents=True, exist_ok=True)
                     atomic.write_text(path, json.dumps(result.to_json(), indent=1))
         finally:
