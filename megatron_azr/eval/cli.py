@@ -45,11 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine", default="vllm_cpu", choices=["torch", "vllm", "vllm_cpu"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--tp", type=int, default=1, help="tensor parallel size (vllm)")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--workers", type=int, default=0, help="sandbox workers (0 = one per CPU)")
     p.add_argument("--paper-model", help="the paper's row to compare with (default: from --model)")
-    p.add_argument("--out", help="output directory (default: eval_results/<model>)")
+    p.add_argument(
+        "--out",
+        help="output directory (default: <run>/eval/step_<N> for a run, else runs/eval/<model>)",
+    )
     p.set_defaults(func=_run(_cmd_eval))
 
     r = subparsers.add_parser(
@@ -58,7 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     r.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="run directories, or an ablation array's directory")  # fmt: skip
-    r.add_argument("--out", default=None, help="output directory (default: reports/<names>)")
+    r.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: RUN_DIR/report for one, else runs/reports/<names>)",
+    )
     r.add_argument("--metrics", nargs="+", default=None, metavar="KEY",
                    help="metrics.jsonl keys or prefixes (default: a standard set)")  # fmt: skip
     r.set_defaults(func=_run(_cmd_report))
@@ -144,11 +150,11 @@ def _generate_and_score(benches: list[Benchmark], args: argparse.Namespace, cfg:
 
         tokenizer = AutoTokenizer.from_pretrained(source.hf_dir)
     s = style(cfg.template, tokenizer)
-    rollout = RolloutConfig(engine=args.engine, dtype=args.dtype, tensor_parallel_size=args.tp,
-                            max_model_len=args.max_model_len)  # fmt: skip
+    # One process, one engine (vllm: one GPU; its tensor parallelism needs the trainer's ranks).
+    rollout = RolloutConfig(engine=args.engine, dtype=args.dtype, max_model_len=args.max_model_len)
     engine = build_rollout_engine(rollout, source.hf_dir)
     default_out = (source.run_dir / "eval" / f"step_{source.step:08d}") if source.run_dir else (
-        Path("eval_results") / source.label)  # fmt: skip
+        Path("runs") / "eval" / source.label)  # fmt: skip
     out = Path(args.out or default_out)
     results: list[BenchmarkResult] = []
     needs_executor = any(b.domain != "math" for b in benches)

@@ -266,7 +266,7 @@ def report(
         out = (
             paths[0] / "report"
             if len(paths) == 1
-            else Path("reports") / "-vs-".join(r.name for r in runs)
+            else Path("runs") / "reports" / "-vs-".join(r.name for r in runs)
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
