@@ -54,9 +54,10 @@ def extract_program(
 
     ``continuation``: the prompt ended inside the code (a base model continuing HumanEval's
     function), so prompt + response is the program. Otherwise: the last python block of the
-    ``<answer>`` (else of the whole response); else the response itself if it defines the entry
-    point; else it is taken as a continuation. A full program gets the prompt's imports put back
-    (HumanEval signatures use ``List`` from ``typing``)."""
+    ``<answer>`` (else of the whole response, else a block cut off by the length limit); else the
+    response itself if it defines the entry point; else it is taken as a continuation. A full
+    program gets the prompt's imports put back (HumanEval signatures use ``List`` from
+    ``typing``)."""
     entry = str(problem.record.get("entry_point", ""))
     prefix = problem.question if bench.fmt in ("tests", "evalplus") else ""
     if continuation:
@@ -67,6 +68,8 @@ def extract_program(
     for scope in (answer, text):
         if scope is not None and block is None:
             block = next((b.body for b in reversed(fences(scope)) if b.tag in CODE_TAGS), None)
+    if block is None:
+        block = _unclosed_fence(text)
     if block is None and entry and _defines(text, entry):
         block = text
     if block is not None:
@@ -76,6 +79,17 @@ def extract_program(
     if not text.strip():
         return CodeAnswer("", "continuation")
     return CodeAnswer(prefix + text, "continuation")
+
+
+_OPEN_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*)\Z", re.DOTALL)
+
+
+def _unclosed_fence(text: str) -> str | None:
+    """The code of a block the response opened and never closed (cut at max_tokens)."""
+    if text.count("```") % 2 == 0:
+        return None
+    m = _OPEN_FENCE.search(text[text.rfind("```") :])
+    return m.group(1).strip() if m else None
 
 
 def _continued(problem: Problem, bench: Benchmark) -> str:

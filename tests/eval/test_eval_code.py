@@ -231,3 +231,6 @@ def test_the_program_of_a_response():
     bare = "def has_close_elements(numbers, threshold):\n    return True\n"
     assert extract_program(problem, bench, bare, continuation=False).how == "program"
     assert extract_program(problem, bench, "", continuation=False).code == ""
+    # A block cut off by the length limit still counts as the program.
+    cut = "Here:\n```python\ndef has_close_elements(numbers, threshold):\n    return True"
+    assert extract_program(problem, bench, cut, continuation=False).code.endswith("return True")

@@ -33,3 +33,15 @@ def test_training_scores_the_configured_benchmarks_every_n_steps(tmp_path):
         # The policy saw the AZR prompt (R1 template) and was stopped at </answer>.
         assert all(p["prompt"].endswith("Assistant: <think>") for p in saved["problems"])
     assert row["time/eval_s"] > 0 and "time/eval_s" not in rows[0]
+
+    # The run's latest checkpoint, exported to HF once, evaluated by `azr eval --model RUN`.
+    cmd = [sys.executable, "-m", "megatron_azr.cli", "eval", "--model", str(out), "--engine",
+           "torch", "--benchmark", "gsm8k", "--limit", "2", "--max-tokens", "4"]  # fmt: skip
+    r = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    step_dir = out / "eval" / "step_00000003"
+    assert (step_dir / "hf" / "config.json").is_file() and (
+        step_dir / "hf" / "tokenizer.json"
+    ).is_file()
+    assert json.loads((step_dir / "summary.json").read_text())["gsm8k"]["n_problems"] == 2
+    assert f"| {out.name} step 3 |" in (step_dir / "table.md").read_text()
