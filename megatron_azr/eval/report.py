@@ -116,12 +116,10 @@ def plot_metrics(runs: Sequence[Run], keys: Sequence[str], title: str, path: Pat
     nrows, ncols = _grid(len(keys))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
     for ax, key in zip(axes.flat, keys, strict=False):
-        for run in runs:
+        for i, run in enumerate(runs):
             steps, values = run.series(key)
             if steps:
-                ax.plot(
-                    steps, values, marker="o" if len(steps) < 30 else None, ms=3, label=run.name
-                )
+                ax.plot(steps, values, label=run.name, **_style(i, len(steps)))
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel(key.rsplit("/", 1)[-1])
@@ -129,15 +127,34 @@ def plot_metrics(runs: Sequence[Run], keys: Sequence[str], title: str, path: Pat
         _step_ticks(ax, sorted({s for r in runs for s in r.series(key)[0]}))
         if key.endswith(("_rate", "/accuracy")):
             ax.set_ylim(-0.05, 1.05)
+        elif "/pass@" in key:
+            ax.set_ylim(-2, 102)
+            ax.set_ylabel(key.rsplit("/", 1)[-1] + " (%)")
     for ax in list(axes.flat)[len(keys) :]:
         ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    legend: dict[str, Any] = {}
+    for ax in axes.flat:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    legend = {r.name: legend[r.name] for r in runs if r.name in legend}  # in run order
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(4, len(legend)),
+               frameon=False)  # fmt: skip
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06 if nrows > 1 else 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _style(i: int, n_points: int) -> dict[str, Any]:
+    """Run i's colour, dash and marker, the same in every panel; equal curves of two runs stay
+    visible one over the other."""
+    return dict(
+        color=f"C{i % 10}",
+        linestyle=("-", "--", ":", "-.")[i % 4],
+        marker=("o", "s", "^", "D", "v")[i % 5] if n_points < 30 else None,
+        markersize=5 - (i % 3),
+        alpha=0.85,
+    )
 
 
 def plot_step_time(runs: Sequence[Run], path: Path) -> Path | None:
