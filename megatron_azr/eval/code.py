@@ -145,6 +145,8 @@ def failure(result: ExecResult) -> str:
     """Why a test run failed, in one line."""
     if passed(result):
         return ""
+    if result.ok:  # it ran; the value differs
+        return f"wrong answer: got {result.outputs[-1] if result.outputs else ''}"[:300]
     tail = result.stderr_tail.strip().splitlines()
     return f"{result.status}: {result.error_type}: {tail[-1] if tail else ''}"[:300]
 

@@ -100,7 +100,9 @@ def test_cruxeval_gold_answers_score_100_and_shuffled_ones_near_0(executor, name
     gold = [[p.answer] for p in problems]
     assert _rate(grade(bench, problems, gold, executor)) == 1.0
     shuffled = [[q.answer] for q in problems[1:] + problems[:1]]
-    assert _rate(grade(bench, problems, shuffled, executor)) < 0.05
+    verdicts = grade(bench, problems, shuffled, executor)
+    assert _rate(verdicts) < 0.05
+    assert any(v.detail.startswith("wrong answer: got ") for [v] in verdicts)
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
+from integration.tiny_run import FAST, metrics
 from processes import ROOT, child_env
-from tiny_run import FAST, metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.sandbox]
 
