@@ -86,6 +86,12 @@ def _load(code: str, name: str = "__candidate__") -> dict[str, Any]:
     return ns
 
 
+def _entry(ns: dict[str, Any], name: str) -> Any:
+    if not callable(ns.get(name)):
+        raise Failed(f"the program defines no function {name!r}")
+    return ns[name]
+
+
 def f(part: str) -> str:
     fmt = SPEC["format"]
     if fmt == "tests":
@@ -102,9 +108,10 @@ def f(part: str) -> str:
 
 def _run_check() -> str:
     ns = _load(SPEC["code"])
+    entry = _entry(ns, SPEC["entry_point"])
     exec(compile(SPEC["test"], "<test>", "exec"), ns)
     with _captured_io(None):
-        ns["check"](ns[SPEC["entry_point"]])
+        ns["check"](entry)
     return "pass"
 
 
@@ -233,7 +240,7 @@ def _run_evalplus(part: str) -> str:
     arguments); the first mismatch or over-time call fails the part."""
     name = SPEC["entry_point"]
     gold = _load(SPEC["canonical"])[name]
-    cand = _load(SPEC["code"])[name]
+    cand = _entry(_load(SPEC["code"]), name)
     not_none = SPEC["task_id"].startswith("Mbpp/") and name in _NOT_NONE
     for k, inp in enumerate(_inputs(part)):
         t0 = time.perf_counter()

@@ -42,6 +42,8 @@ def test_humaneval_canonical_solutions_pass_and_broken_ones_fail(executor):
     assert _rate(grade(bench, problems, canonical, executor, continuation=True)) == 1.0
     broken = [[_broken(bench, p)] for p in problems]
     assert _rate(grade(bench, problems, broken, executor)) == 0.0
+    [[v]] = grade(bench, problems[:1], [["```python\ndef g():\n    pass\n```"]], executor)
+    assert "the program defines no function 'has_close_elements'" in v.detail
 
 
 def test_mbpp_plus_canonical_solutions_pass_and_broken_ones_fail(executor):
