@@ -8,6 +8,7 @@ azr report RUN_DIR [RUN_DIR ...] [--out DIR]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -167,18 +168,10 @@ def _generate_and_score(benches: list[Benchmark], args: argparse.Namespace, cfg:
     return 0
 
 
-class _NoExecutor:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def _executor(needed: bool, workers: int) -> Any:
     """The sandbox for code benchmarks: EvalPlus's 4 GiB memory cap, room for big test data."""
     if not needed:
-        return _NoExecutor()
+        return contextlib.nullcontext()
     from megatron_azr.executor.config import ExecutorConfig
     from megatron_azr.executor.pool import SandboxExecutor
 
