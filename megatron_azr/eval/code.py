@@ -158,11 +158,12 @@ def cruxeval_task(bench: Benchmark) -> TaskType:
     return TaskType.ABDUCTION if bench.fmt == "cruxeval-i" else TaskType.DEDUCTION
 
 
-def cruxeval_answer(bench: Benchmark, response: str) -> str | None:
-    """The predicted input (I) or output (O). A response without ``<answer>`` (a plain prompt,
-    or a bare answer in a predictions file) is read as if it were the answer block."""
+def cruxeval_answer(bench: Benchmark, response: str, tagged: bool = False) -> str | None:
+    """The predicted input (I) or output (O). ``tagged`` (the AZR templates): only an
+    ``<answer>`` block counts, as in the training solver check (spec §6.1). Otherwise a response
+    without one (a plain prompt, a bare answer in a predictions file) is read as the answer."""
     text = first_turn(response)
-    if "<answer>" not in text:
+    if "<answer>" not in text and not tagged:
         text = "<answer>" + text
     return extract_solver_answer(cruxeval_task(bench), text)
 

@@ -66,9 +66,11 @@ def grade(
     responses: Sequence[Sequence[str]],
     executor: Executor | None,
     continuation: bool = False,
+    tagged: bool = False,
 ) -> list[list[Verdict]]:
     """One verdict per response of each problem. ``continuation``: the prompts ended inside the
-    program (code benchmarks under the plain template)."""
+    program (code benchmarks under the plain template); ``tagged``: CRUXEval answers count only
+    inside ``<answer>`` (the AZR templates)."""
     if bench.domain == "math":
         return [
             [Verdict(*math_answers.grade(p.answer, r)) for r in rs]
@@ -82,7 +84,7 @@ def grade(
         for j, r in enumerate(rs):
             job_id = f"{bench.name}/{p.id}/{j}"
             if bench.domain == "crux":
-                answer = code.cruxeval_answer(bench, r)
+                answer = code.cruxeval_answer(bench, r, tagged)
                 crux = None if answer is None else code.cruxeval_job(job_id, bench, p, answer)
                 jobs.append(crux)
                 answers.append(answer or "")
@@ -161,7 +163,7 @@ def evaluate(
     seeds = [cfg.seed + i * cfg.n for i in range(len(prompts))] if cfg.temperature > 0 else None
     completions = engine.generate(prompts, sampling, seeds)
     responses = [[c.text for c in cs] for cs in completions]
-    verdicts = grade(bench, problems, responses, executor, continues_code(bench, s))
+    verdicts = grade(bench, problems, responses, executor, continues_code(bench, s), s.azr)
     result = score(bench, problems, responses, verdicts, cfg.pass_k, s.template,
                    time.perf_counter() - t0)  # fmt: skip
     for row, p in zip(result.problems, prompts, strict=True):

@@ -107,6 +107,18 @@ def test_cruxeval_gold_answers_score_100_and_shuffled_ones_near_0(executor, name
     assert any(v.detail.startswith("wrong answer: got ") for [v] in verdicts)
 
 
+def test_cruxeval_answers_need_the_answer_block_under_the_azr_template(executor):
+    bench = BENCHMARKS["cruxeval-o"]
+    problem = bench.load()[0]
+    untagged = f"I think so.\n```output\n{problem.answer}\n```"
+    tagged = f"x</think> <answer>```output\n{problem.answer}\n```</answer>"
+    verdicts = grade(bench, [problem] * 3, [[untagged], [untagged], [tagged]], executor)
+    assert [v.passed for [v] in verdicts] == [True, True, True]  # plain templates, predictions
+    strict = grade(bench, [problem] * 2, [[untagged], [tagged]], executor, tagged=True)
+    assert [v.passed for [v] in strict] == [False, True]
+    assert strict[0][0].detail == "no answer found"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["cruxeval-i", "cruxeval-o"])
 def test_cruxeval_all_gold_answers_score_100(executor, name):
