@@ -21,6 +21,7 @@ _ROOMS: tuple[str, ...] = (
     "megatron_azr.models.cli",
     "megatron_azr.plan",
     "megatron_azr.telemetry.cli",
+    "megatron_azr.eval.cli",
 )
 
 

@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from megatron_azr.azr.config import AZRConfig
+from megatron_azr.eval.config import EvalConfig
 from megatron_azr.executor.config import ExecutorConfig
 from megatron_azr.models.config import REPO_ROOT, ModelSection
 from megatron_azr.rollout.config import RolloutConfig
@@ -73,6 +74,7 @@ class Config:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         if self.actor.kl_coef > 0:

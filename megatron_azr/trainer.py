@@ -42,6 +42,7 @@ from megatron_azr.azr.protocols import (
 )
 from megatron_azr.azr.selfplay import SelfPlayStep
 from megatron_azr.config import Config, to_dict
+from megatron_azr.eval.training import TrainingEval
 from megatron_azr.rollout.build import build_rollout_engine, log_memory_budget
 from megatron_azr.rollout.config import RolloutConfig
 from megatron_azr.rollout.reshard import push_weights
@@ -126,6 +127,9 @@ def train(cfg: Config, build_engine: EngineBuilder = build_rollout_engine) -> di
         selfplay = SelfPlayStep(
             cfg.azr, buffers, engine, executor, seed=cfg.run.seed, prompt_fits=fits, wrap=wrap
         )
+        evaluation = TrainingEval(
+            cfg.eval, cfg.azr.prompt_template, tokenizer, wrap, out if leader else None
+        )
 
         metrics: dict[str, float] = {}
         steps = range(start + 1, cfg.run.steps + 1)
@@ -144,16 +148,19 @@ def train(cfg: Config, build_engine: EngineBuilder = build_rollout_engine) -> di
                 with _timed(times, "update", telemetry):
                     update = actor.update(samples) if samples else {}
                     _release_cached_memory()
-                if step < cfg.run.steps:  # no rollout follows the last update
+                # No rollout follows the last update, but an evaluation of it may.
+                if step < cfg.run.steps or evaluation.due(step):
                     with _timed(times, "reshard", telemetry):
                         engine.push_weights(actor)
                         _release_cached_memory()
+                evals = evaluation.run_if_due(step, engine, executor)  # eval/*, time/eval_s
             times["time/step_s"] = time.perf_counter() - t0
             metrics = {
                 **result.metrics,
                 **{f"actor/{k}": v for k, v in update.items()},
                 **times,
                 **telemetry.end_step(step),  # collective; rank 0's metrics
+                **evals,
                 "samples": float(len(samples)),
             }
             if metrics_log is not None and step % cfg.logging.log_every == 0:
