@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from megatron_azr.train.dist import free_port
@@ -30,6 +30,27 @@ PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 def missing_binaries() -> list[str]:
     return [b for b in BINARIES if shutil.which(b, path=PATH) is None]
+
+
+@contextlib.contextmanager
+def running_box(directory: Path, **kw) -> Iterator[SlurmBox]:
+    """A started box for a pytest fixture: skips when Slurm is not installed, and fails the
+    teardown if any process of the box survives it."""
+    import pytest
+
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(
+            f"Slurm binaries missing ({', '.join(missing)}): apt-get install slurmctld slurmd "
+            "slurm-client (scripts/setup.sh --tests does it as root)"
+        )
+    box = SlurmBox(directory, **kw)
+    try:
+        box.start()
+        yield box
+    finally:
+        leftovers = box.stop()
+        assert not leftovers, f"processes of the Slurm box survived its teardown: {leftovers}"
 
 
 def _conf(d: Path, nodes: list[str], cpus: int, user: str) -> str:

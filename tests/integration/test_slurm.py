@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from slurm_box import SlurmBox, missing_binaries
+from slurm_box import SlurmBox, running_box
 from tiny_run import FAST, VOLATILE, metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,19 +34,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 @pytest.fixture(scope="session")
 def box(tmp_path_factory):
-    missing = missing_binaries()
-    if missing:
-        pytest.skip(
-            f"Slurm binaries missing ({', '.join(missing)}): apt-get install slurmctld slurmd "
-            "slurm-client (scripts/setup.sh --tests does it as root)"
-        )
-    box = SlurmBox(tmp_path_factory.mktemp("slurm"), nodes=2)  # heterogeneous jobs need two
-    try:
-        box.start()
+    # Two nodes: heterogeneous jobs (trainer + executor farm) need two.
+    with running_box(tmp_path_factory.mktemp("slurm"), nodes=2) as box:
         yield box
-    finally:
-        leftovers = box.stop()
-        assert not leftovers, f"processes of the Slurm box survived its teardown: {leftovers}"
 
 
 @pytest.fixture(scope="module")

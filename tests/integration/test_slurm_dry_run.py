@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from slurm_box import SlurmBox, missing_binaries
+from slurm_box import SlurmBox, running_box
 
 ROOT = Path(__file__).resolve().parents[2]
 # The box has no GPUs: the script's 8 tasks per node get one CPU each.
@@ -21,17 +21,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
-    missing = missing_binaries()
-    if missing:
-        pytest.skip(f"Slurm binaries missing ({', '.join(missing)})")
     # Two nodes: the script is a heterogeneous job (its second component is the executor farm).
-    box = SlurmBox(tmp_path_factory.mktemp("slurm"), cpus=8, nodes=2)
-    try:
-        box.start()
+    with running_box(tmp_path_factory.mktemp("slurm"), cpus=8, nodes=2) as box:
         yield box
-    finally:
-        leftovers = box.stop()
-        assert not leftovers, f"processes of the Slurm box survived its teardown: {leftovers}"
 
 
 def dry_run(box: SlurmBox, submit: Path, *overrides: str) -> tuple[int, str, str]:
