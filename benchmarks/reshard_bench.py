@@ -36,7 +36,8 @@ import torch.multiprocessing as mp
 from megatron_azr.models import mapping
 from megatron_azr.models.config import ModelConfig
 from megatron_azr.rollout.reshard import plan_entries, reshard
-from megatron_azr.rollout.transport import ShardLayout, keep_freed_host_memory
+from megatron_azr.rollout.transport import ShardLayout
+from megatron_azr.train.host_memory import keep_freed_host_memory
 
 TP = 2
 BASELINE = "copy into new tensors (baseline)"

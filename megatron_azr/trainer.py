@@ -46,7 +46,6 @@ from megatron_azr.eval.training import TrainingEval
 from megatron_azr.rollout.build import build_rollout_engine, log_memory_budget
 from megatron_azr.rollout.config import RolloutConfig
 from megatron_azr.rollout.reshard import push_weights
-from megatron_azr.rollout.transport import keep_freed_host_memory
 from megatron_azr.rundir import LATEST, STATE_FILE, checkpoint_root
 from megatron_azr.seed import ensure_seed_files
 from megatron_azr.telemetry.logs import setup_logging
@@ -56,6 +55,7 @@ from megatron_azr.telemetry.rollouts import dump_rollouts, summary
 from megatron_azr.train.actor import Actor
 from megatron_azr.train.config import Precision
 from megatron_azr.train.dist import broadcast_object
+from megatron_azr.train.host_memory import keep_freed_host_memory
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,7 +74,7 @@ def train(cfg: Config, build_engine: EngineBuilder = build_rollout_engine) -> di
     out = Path(cfg.run.output_dir)
     start_point = rundir.check_start(cfg)  # before any model load, before writing into `out`
     if not torch.cuda.is_available():
-        keep_freed_host_memory()  # resharding's tensor churn on CPU (rollout/transport.py)
+        keep_freed_host_memory()  # resharding's tensor churn on CPU (train/host_memory.py)
     init_process_group(cfg.profile.pg_timeout_minutes)
     rank = dist.get_rank()
     setup_logging(cfg.logging.level, rundir.rank_log(out, rank), rank=rank)

@@ -83,28 +83,6 @@ class Move:
     dst: int | None
 
 
-def keep_freed_host_memory(block_bytes: int = 32 << 20, trim_bytes: int = 1 << 30) -> bool:
-    """Make glibc malloc keep freed blocks up to ``block_bytes`` for reuse (as jemalloc and
-    tcmalloc do) instead of unmapping them and page-faulting them back on the next allocation.
-
-    Resharding on CPU allocates and frees model-sized tensors bucket after bucket; with glibc's
-    defaults that churn costs about half its throughput. Process-wide; returns False where the
-    C library is not glibc (nothing to do there)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    libc = ctypes.CDLL(name)
-    if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, block_bytes)) and bool(
-        libc.mallopt(m_trim_threshold, trim_bytes)
-    )
-
-
 def _shm_free() -> int:
     try:
         st = os.statvfs(SHM_DIR)

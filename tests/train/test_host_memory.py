@@ -12,8 +12,7 @@ import pytest
 CHILD = """
 import torch
 from pathlib import Path
-from megatron_azr.rollout.transport import keep_freed_host_memory
-from megatron_azr.train.host_memory import release_freed
+from megatron_azr.train.host_memory import keep_freed_host_memory, release_freed
 
 def rss():
     line = next(x for x in Path("/proc/self/status").read_text().splitlines() if "VmRSS" in x)
